@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine with Python 3.11: `make serve` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 3000
+
+export BENTOML_DO_NOT_TRACK := true
+export BENTOML_CONFIG := $(CURDIR)/configuration.yaml
+
+.PHONY: serve test lint train bento clean
+
+# The venv is rebuilt whenever a pin changes.
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+serve: $(BIN)/.installed
+	HOST=$(HOST) PORT=$(PORT) PATH=$(CURDIR)/$(BIN):$$PATH scripts/serve.sh
+
+train: $(BIN)/.installed
+	$(BIN)/python train.py
+
+test: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bento: $(BIN)/.installed
+	$(BIN)/bentoml build
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
