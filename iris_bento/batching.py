@@ -14,20 +14,32 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from typing import TYPE_CHECKING
 
-import bentoml
 import numpy as np
 
 from iris_bento.errors import Overloaded, TimedOut
 from iris_bento.settings import BatchingSettings
 
+if TYPE_CHECKING:
+    from prometheus_client import Histogram
+
 Infer = Callable[[np.ndarray], np.ndarray]
 
-BATCH_ROWS = bentoml.metrics.Histogram(
-    name="iris_model_batch_rows",
-    documentation="Rows per model call (requests coalesced by adaptive batching).",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
-)
+
+@cache
+def batch_rows_histogram() -> Histogram:
+    """Rows per model call. Made on first use, inside the worker: prometheus_client picks its
+    multi-process storage when first imported, so importing it before BentoML has set up
+    PROMETHEUS_MULTIPROC_DIR would keep this metric out of /metrics."""
+    from prometheus_client import Histogram
+
+    return Histogram(
+        "iris_model_batch_rows",
+        "Rows per model call (requests coalesced by adaptive batching).",
+        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+    )
 
 
 class _Pending:
@@ -52,11 +64,12 @@ class MicroBatcher:
         self._dispatcher: asyncio.Task[None] | None = None
         # One thread: model calls are serialised, and the event loop stays free to parse.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._batch_rows = batch_rows_histogram()
 
     async def infer(self, rows: np.ndarray) -> np.ndarray:
         """The model's output for `rows`, computed together with whatever else is queued."""
         if not self._settings.enabled:
-            BATCH_ROWS.observe(len(rows))
+            self._batch_rows.observe(len(rows))
             return self._infer(rows)
         if self._queued_rows + len(rows) > self._settings.max_queue_rows:
             raise Overloaded(
@@ -92,7 +105,7 @@ class MicroBatcher:
             while self._queue:
                 batch = self._take_batch()
                 rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
-                BATCH_ROWS.observe(len(rows))
+                self._batch_rows.observe(len(rows))
                 try:
                     output = await loop.run_in_executor(self._executor, self._infer, rows)
                 except Exception as error:  # the model failed: every caller in the batch fails
