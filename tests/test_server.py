@@ -120,16 +120,23 @@ def test_bentoml_client_with_a_token(server: RunningServer) -> None:
 
 
 def test_logs_are_json_lines_without_feature_values(server: RunningServer) -> None:
-    unique_values = [4.321, 2.987, 1.555, 0.444]
+    unique_values = [4.3210987, 2.9876543, 1.5554321, 0.4443217]
     headers = {**AUTH, "x-request-id": "log-check-1"}
     requests.post(f"{server.url}/predict", json={"features": unique_values}, headers=headers)
     requests.post(f"{server.url}/predict", json={"features": [*unique_values, 1]}, headers=AUTH)
-    time.sleep(0.5)
-    records = [json.loads(line) for line in server.log_lines() if line.startswith("{")]
+    deadline = time.monotonic() + 10
+    while True:
+        records = [json.loads(line) for line in server.log_lines() if line.startswith("{")]
+        logged = [r for r in records if r.get("request_id") == "log-check-1"]
+        if logged or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     ready = [r for r in records if r["message"] == "service ready"]
-    assert ready and {"model_tag", "workers", "config_file"} <= set(ready[0])
+    assert len(ready) == 2, "one start-up line per worker"
+    assert {"model_tag", "workers", "config_file"} <= set(ready[0])
     assert ready[0]["workers"] == 2
-    request = next(r for r in records if r.get("request_id") == "log-check-1")
+    assert len(logged) == 1
+    request = logged[0]
     assert (request["path"], request["status"]) == ("/predict", 200)
     assert request["latency_ms"] > 0
     log_text = server.log_path.read_text()
