@@ -29,7 +29,7 @@ readonly PODMAN_ROOT="${IRIS_PODMAN_ROOT:-/var/tmp/iris-bento-podman}"
 readonly IMAGE_TAG="${IRIS_IMAGE_TAG:-iris_classifier:smoke}"
 # The base image name BentoML's generated Dockerfile uses; bump BASE_REV to rebuild the stand-in.
 readonly BASE_IMAGE="docker.io/library/python:3.11-slim"
-readonly BASE_REV="2"
+readonly BASE_REV="3"
 readonly CONTAINER="iris-smoke-$$"
 
 if [[ -x "$PROJECT_DIR/.venv/bin/bentoml" ]]; then
@@ -118,7 +118,6 @@ build_base_image() {
     podman import --quiet \
         --change 'ENV PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
-        --change 'ENV UV_NATIVE_TLS=1' \
         --change "LABEL iris-bento.base-rev=$BASE_REV" \
         --change 'LABEL iris-bento.test-only="local stand-in for python:3.11-slim"' \
         --change 'CMD ["python3"]' \
@@ -214,6 +213,9 @@ main() {
         podman logs --tail 60 "$CONTAINER" >&2 || true
         exit 1
     }
+    local memory
+    memory="$(podman stats --no-stream --format '{{ .MemUsage }}' "$CONTAINER" 2>/dev/null || echo unknown)"
+    log "container memory after the checks: $memory"
     local health
     health="$(podman healthcheck run "$CONTAINER" >/dev/null 2>&1 && echo healthy || echo unhealthy)"
     log "image HEALTHCHECK: $health"
@@ -232,7 +234,7 @@ import json, sys
 json.dump({"image": "$IMAGE_TAG", "image_size_bytes": $size_bytes,
            "base_image_seconds": $base_s, "bento_build_seconds": $build_s,
            "containerize_seconds": $containerize_s, "ready_seconds": $ready_s,
-           "stop_seconds": $stop_s,
+           "stop_seconds": $stop_s, "memory": "$memory",
            "total_seconds": $(elapsed "$t0")}, open(sys.argv[1], "w"), indent=2)
 EOF
     fi
