@@ -137,6 +137,18 @@ def test_image_holds_the_model_and_no_compiler(smoke: dict[str, Any]) -> None:
     assert len(listing.split()) >= 2, "a model version directory expected"
 
 
+def test_container_refuses_to_start_without_api_keys(smoke: dict[str, Any]) -> None:
+    result = subprocess.run(
+        ["podman", "run", "--rm", "--network", "none", IMAGE],
+        env={k: v for k, v in podman_env().items() if k != "IRIS_API_KEYS"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "IRIS_API_KEYS" in result.stdout + result.stderr
+
+
 def test_compose_file_resolves(smoke: dict[str, Any]) -> None:
     compose = shutil.which("podman-compose", path=str(Path(sys.executable).parent))
     assert compose, "podman-compose is pinned in requirements-dev.txt"
