@@ -113,12 +113,22 @@ class _Exchange:
         else:
             await self._send(message)
 
+    def _too_large_body(self) -> bytes:
+        return error_body(413, f"the body exceeds the limit of {self.max_body_bytes} bytes")
+
+    async def send_failure(self) -> None:
+        """The answer when the app raised: 413 if it was reading an oversized body, else 500."""
+        if self.body_too_large:
+            await self.send_error_body(413, self._too_large_body())
+        else:
+            status, details = contract_details(500, b"", self.request_id)
+            await self.send_error_body(status, error_body(status, details))
+
     async def _send_held(self, held: Message) -> None:
         body = bytes(self._held_body)
         status = held["status"]
         if self.body_too_large:
-            status = 413
-            body = error_body(status, f"the body exceeds the limit of {self.max_body_bytes} bytes")
+            status, body = 413, self._too_large_body()
         elif not is_error_body(body):
             status, details = contract_details(status, body, self.request_id)
             body = error_body(status, details)
@@ -199,10 +209,10 @@ class RequestMiddleware:
             finally:
                 self._in_flight -= 1
         except Exception:
-            log.exception("unhandled error", extra={"request_id": exchange.request_id})
+            if not exchange.body_too_large:
+                log.exception("unhandled error", extra={"request_id": exchange.request_id})
             if not exchange.started:
-                status, details = contract_details(500, b"", exchange.request_id)
-                await exchange.send_error_body(status, error_body(status, details))
+                await exchange.send_failure()
         finally:
             log.info(
                 "request",

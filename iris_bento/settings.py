@@ -30,6 +30,7 @@ class BatchingSettings(_Section):
     """How concurrent requests are coalesced into one model call (see `iris_bento.batching`)."""
 
     enabled: bool = True
+    run_in_thread: bool = False
     max_batch_rows: PositiveInt = 256
     max_wait_ms: NonNegativeFloat = 0.0
     max_queue_rows: PositiveInt = 16384
