@@ -172,8 +172,11 @@ main() {
     local uv_bin="$VENV_BIN/uv"
     [[ -x "$uv_bin" ]] || uv_bin="$(command -v uv)"
     t="$(now)"
+    # From /: BentoML 1.4.39 copies the Bento to a temporary folder and then refuses to read the
+    # Dockerfile template there unless it is below the current directory (bentoml issue 5566).
     # --opt network=host: podman's bridge network leaves iptables chains behind in this sandbox.
     # --opt format=docker: the OCI format has no HEALTHCHECK field.
+    cd /
     PATH="$VENV_BIN:$PATH" "$VENV_BIN/bentoml" containerize iris_classifier:latest \
         --backend podman --image-tag "$IMAGE_TAG" \
         --opt network=host --opt format=docker --opt "volume=$uv_bin:/usr/local/bin/uv:ro" \
