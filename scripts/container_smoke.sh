@@ -18,7 +18,8 @@
 #   IRIS_PODMAN_ROOT   podman storage and settings (default /var/tmp/iris-bento-podman); keep it
 #                      between runs for a warm build, delete it for a cold one.
 #   BENTOML_HOME       model and Bento store (default: a fresh temporary folder, trained here).
-#   IRIS_SMOKE_REPORT  write the measured figures there as JSON.
+#   IRIS_SMOKE_REPORT  where to write the measured figures as JSON
+#                      (default: $IRIS_PODMAN_ROOT/smoke-report.json).
 #   IRIS_IMAGE_TAG     image tag to build (default iris_classifier:smoke).
 #   IRIS_PROJECT_DIR   the project to build (default: this script's repository).
 set -Eeuo pipefail
@@ -231,8 +232,7 @@ main() {
     podman rm "$CONTAINER" >/dev/null
     log "container stopped (SIGTERM to exit: ${stop_s}s) and removed; total $(elapsed "$t0")s"
 
-    if [[ -n "${IRIS_SMOKE_REPORT:-}" ]]; then
-        python3 - "$IRIS_SMOKE_REPORT" <<EOF
+    python3 - "${IRIS_SMOKE_REPORT:-$PODMAN_ROOT/smoke-report.json}" <<EOF
 import json, sys
 json.dump({"image": "$IMAGE_TAG", "image_size_bytes": $size_bytes,
            "base_image_seconds": $base_s, "bento_build_seconds": $build_s,
@@ -240,7 +240,6 @@ json.dump({"image": "$IMAGE_TAG", "image_size_bytes": $size_bytes,
            "stop_seconds": $stop_s, "memory": "$memory",
            "total_seconds": $(elapsed "$t0")}, open(sys.argv[1], "w"), indent=2)
 EOF
-    fi
 }
 
 main "$@"
