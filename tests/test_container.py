@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,9 @@ MAX_IMAGE_BYTES = 450_000_000
 # The script's podman storage, kept between runs so that a rebuild is warm (root's machine-wide
 # scratch space, not a temporary file).
 PODMAN_ROOT = Path(os.environ.get("IRIS_PODMAN_ROOT", "/var/tmp/iris-bento-podman"))  # noqa: S108
+
+# The Deployment's emptyDir on /tmp, inside the container.
+POD_TMPFS = "/tmp:rw,size=64m"  # noqa: S108
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 pytestmark = [
@@ -147,6 +151,64 @@ def test_container_refuses_to_start_without_api_keys(smoke: dict[str, Any]) -> N
     )
     assert result.returncode != 0
     assert "IRIS_API_KEYS" in result.stdout + result.stderr
+
+
+def free_port() -> int:
+    """A port nobody listens on now, for a container on the host network."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_image_serves_as_the_kubernetes_pod_runs_it(smoke: dict[str, Any]) -> None:
+    """The Deployment's settings: the ConfigMap's configuration.yaml mounted read-only at
+    /etc/iris with BENTOML_CONFIG pointing at it, the image's numeric user, a read-only root
+    filesystem with only /tmp writable, no capabilities, no privilege escalation."""
+    name = f"iris-pod-{os.getpid()}"
+    port = free_port()
+    key = "pod-check-key"
+    config = ROOT / "deploy" / "k8s" / "configuration.yaml"
+    podman(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--read-only",
+        "--read-only-tmpfs=false",
+        "--tmpfs",
+        POD_TMPFS,
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--user",
+        "1034:1034",
+        "--volume",
+        f"{config}:/etc/iris/configuration.yaml:ro",
+        "--env",
+        "BENTOML_CONFIG=/etc/iris/configuration.yaml",
+        "--env",
+        f"IRIS_API_KEYS={key}",
+        "--env",
+        f"PORT={port}",
+        "--env",
+        "BENTOML_HOST=127.0.0.1",
+        IMAGE,
+    )
+    try:
+        smoke_http = [sys.executable, str(ROOT / "scripts" / "smoke_http.py")]
+        url = f"http://127.0.0.1:{port}"
+        subprocess.run([*smoke_http, "wait", url, "--timeout", "90"], check=True, timeout=120)
+        checks = subprocess.run(
+            [*smoke_http, "check", url, "--key", key], capture_output=True, text=True, timeout=60
+        )
+        assert checks.returncode == 0, checks.stdout + checks.stderr
+        logs = podman("logs", name)
+        assert "/etc/iris/configuration.yaml" in logs, "the mounted configuration is the one used"
+    finally:
+        podman("rm", "--force", "--time", "10", name)
 
 
 def test_compose_file_resolves(smoke: dict[str, Any]) -> None:
