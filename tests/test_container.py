@@ -82,7 +82,11 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     output = result.stdout + result.stderr
     print(output)  # the measured figures, in pytest's captured output
     assert result.returncode == 0, output[-4000:]
-    return {**json.loads(report.read_text()), "output": result.stdout}
+    return {
+        **json.loads(report.read_text()),
+        "output": result.stdout,
+        "bentoml_home": env["BENTOML_HOME"],
+    }
 
 
 def test_contract_checks_pass_against_the_container(smoke: dict[str, Any]) -> None:
@@ -151,6 +155,27 @@ def test_container_refuses_to_start_without_api_keys(smoke: dict[str, Any]) -> N
     )
     assert result.returncode != 0
     assert "IRIS_API_KEYS" in result.stdout + result.stderr
+
+
+def test_generated_dockerfile_passes_hadolint(smoke: dict[str, Any]) -> None:
+    # The Bento the script built, in the store it used (`latest` names its version).
+    bentos = Path(smoke["bentoml_home"]) / "bentos" / "iris_classifier"
+    bento = bentos / (bentos / "latest").read_text().strip()
+    dockerfile = bento / "env" / "docker" / "Dockerfile"
+    assert "FROM python:3.11-slim AS base-container" in dockerfile.read_text()
+    lint = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("hadolint")),
+            "--config",
+            str(ROOT / "deploy" / "docker" / "hadolint.yaml"),
+            "--no-color",
+            str(dockerfile),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def free_port() -> int:

@@ -214,6 +214,15 @@ def test_grace_period_outlasts_the_services_shutdown(
     assert grace > pre_stop + traffic_timeout
 
 
+def test_image_build_uses_the_pinned_uv() -> None:
+    pins = dict(
+        line.split("==", 1)
+        for line in (ROOT / "requirements-dev.txt").read_text().splitlines()
+        if "==" in line
+    )
+    assert f"pip install uv=={pins['uv']}" in TEMPLATE.read_text()
+
+
 def test_compose_file_references() -> None:
     compose = load_yaml(ROOT / "compose.yaml")
     iris, prometheus = compose["services"]["iris"], compose["services"]["prometheus"]
