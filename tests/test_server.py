@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ import bentoml
 import numpy as np
 import pytest
 import requests
-from helpers import API_KEYS, ROOT, RunningServer, example, start_server
+from helpers import API_KEYS, BIN, ROOT, RunningServer, example, free_port, start_server
 from sklearn.datasets import load_iris
 
 from iris_bento.features import CLASS_NAMES
@@ -152,3 +153,21 @@ def test_sigterm_stops_every_process_cleanly(model_tag: str, tmp_path: Any) -> N
         time.sleep(0.5)
         with pytest.raises(ProcessLookupError):
             os.killpg(running.process.pid, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("keys", [None, " , "], ids=["unset", "blank"])
+def test_the_server_refuses_to_start_without_keys(model_tag: str, keys: str | None) -> None:
+    env = {name: value for name, value in os.environ.items() if name != "IRIS_API_KEYS"}
+    if keys is not None:
+        env["IRIS_API_KEYS"] = keys
+    result = subprocess.run(
+        [str(BIN / "bentoml"), "serve", "service:IrisClassifier", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "IRIS_API_KEYS" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
