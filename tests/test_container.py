@@ -145,9 +145,13 @@ def test_image_holds_the_model_and_no_compiler(smoke: dict[str, Any]) -> None:
     assert len(listing.split()) >= 2, "a model version directory expected"
 
 
-def test_container_refuses_to_start_without_api_keys(smoke: dict[str, Any]) -> None:
+@pytest.mark.parametrize("keys", [None, " , "], ids=["absent", "blank"])
+def test_container_refuses_to_start_without_api_keys(
+    smoke: dict[str, Any], keys: str | None
+) -> None:
+    env_args = [] if keys is None else ["--env", f"IRIS_API_KEYS={keys}"]
     result = subprocess.run(
-        ["podman", "run", "--rm", "--network", "none", IMAGE],
+        ["podman", "run", "--rm", "--network", "none", *env_args, IMAGE],
         env={k: v for k, v in podman_env().items() if k != "IRIS_API_KEYS"},
         capture_output=True,
         text=True,
