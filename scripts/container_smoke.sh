@@ -230,6 +230,9 @@ main() {
     local stop_s
     stop_s="$(elapsed "$t")"
     podman rm "$CONTAINER" >/dev/null
+    # Each build leaves the previous image's layers behind: drop those not used for a day, and keep
+    # recent ones as the build cache.
+    podman image prune --force --filter until=24h >/dev/null
     log "container stopped (SIGTERM to exit: ${stop_s}s) and removed; total $(elapsed "$t0")s"
 
     python3 - "${IRIS_SMOKE_REPORT:-$PODMAN_ROOT/smoke-report.json}" <<EOF
