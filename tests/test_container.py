@@ -243,25 +243,22 @@ def test_image_serves_as_the_kubernetes_pod_runs_it(smoke: dict[str, Any]) -> No
 def test_compose_file_resolves(smoke: dict[str, Any]) -> None:
     compose = shutil.which("podman-compose", path=str(Path(sys.executable).parent))
     assert compose, "podman-compose is pinned in requirements-dev.txt"
+
+    def config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [compose, "-f", str(ROOT / "compose.yaml"), "config"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+
     env = {**podman_env(), "IRIS_API_KEYS": "compose-check-key"}
-    result = subprocess.run(
-        [compose, "-f", str(ROOT / "compose.yaml"), "config"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    result = config(env)
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     assert resolved["services"]["iris"]["environment"]["IRIS_API_KEYS"] == "compose-check-key"
     env.pop("IRIS_API_KEYS")
-    missing = subprocess.run(
-        [compose, "-f", str(ROOT / "compose.yaml"), "config"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    missing = config(env)
     assert missing.returncode != 0, "compose must refuse to start without IRIS_API_KEYS"
