@@ -18,6 +18,7 @@ import bentoml
 import joblib
 import numpy as np
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -161,8 +162,6 @@ class IrisClassifier:
 
 def cors_outside_auth(app: Any) -> Any:
     """BentoML's CORS settings, applied outside auth so that 401s carry CORS headers too."""
-    from starlette.middleware.cors import CORSMiddleware
-
     options = cors_options()
     return CORSMiddleware(app, **options) if options else app
 
