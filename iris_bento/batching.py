@@ -3,11 +3,13 @@
 BentoML's own batching runs the model behind `bentoml.depends` in another process, so every
 request pays an IPC hop with pickled payloads; for a model that costs well under a millisecond that
 hop costs more than batching saves. Here the queue lives in the worker's event loop: a request
-appends its rows and awaits a future; one dispatcher task takes everything queued (up to
-`max_batch_rows`), runs one model call (inline, or in a worker thread when `run_in_thread` is
-set) and resolves the futures. While that call runs, requests keep arriving, so batches grow
-exactly as fast as load does: one row when idle, many under load. `max_wait_ms` adds an
-optional wait for fuller batches.
+appends its rows and yields once, so that every request of the same event-loop pass joins; the
+first to resume takes everything queued (up to `max_batch_rows` rows a call), runs the model
+(inline, or in a worker thread when `run_in_thread` is set) and resolves the others' futures,
+which they find done when they resume in that same pass. There is no dispatcher task and no
+extra pass: a batched request answers one loop pass later than an unbatched one. Batches grow
+exactly as fast as load does: one row when idle, many under load. `max_wait_ms` turns the single
+yield into a wait for fuller batches.
 """
 
 from __future__ import annotations
@@ -62,8 +64,7 @@ class MicroBatcher:
         self._settings = settings
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
-        self._wakeup = asyncio.Event()
-        self._dispatcher: asyncio.Task[None] | None = None
+        self._draining = False
         # One thread, used only with `run_in_thread`: model calls stay serialised.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._batch_rows = batch_rows_histogram()
@@ -77,39 +78,38 @@ class MicroBatcher:
             raise Overloaded(
                 f"the batching queue holds {self._queued_rows} rows; retry in a moment"
             )
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(rows, future))
+        pending = _Pending(rows, asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
         self._queued_rows += len(rows)
-        self._wakeup.set()
-        if self._dispatcher is None or self._dispatcher.done():
-            self._dispatcher = asyncio.create_task(self._dispatch_forever())
         try:
             async with asyncio.timeout(self._settings.timeout_s):
-                return await future
+                # Let every request of this event-loop pass join the queue; the first caller to
+                # resume computes the whole queue, and the others find their rows done when they
+                # resume in the same pass.
+                await asyncio.sleep(self._settings.max_wait_ms / 1000)
+                if not pending.future.done() and not self._draining:
+                    await self._drain()
+                return await pending.future
         except TimeoutError:
             raise TimedOut(
                 f"the model did not answer within {self._settings.timeout_s:g} s"
             ) from None
 
     def close(self) -> None:
-        """Stop the dispatcher and the model thread (on worker shutdown)."""
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
+        """Stop the model thread (on worker shutdown)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _dispatch_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if self._settings.max_wait_ms and self._queued_rows < self._settings.max_batch_rows:
-                await asyncio.sleep(self._settings.max_wait_ms / 1000)
+    async def _drain(self) -> None:
+        """Compute batches until the queue is empty; one caller at a time does this."""
+        self._draining = True
+        try:
+            loop = asyncio.get_running_loop()
             while self._queue:
                 batch = self._take_batch()
                 if batch:
                     await self._run(batch, loop)
-                # Between batches, let the loop read requests and fire deadlines.
-                await asyncio.sleep(0)
+        finally:
+            self._draining = False
 
     async def _run(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
         """One model call for the whole batch; its failure is every caller's failure."""
