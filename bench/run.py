@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench import checks, load, payloads, report, servers
+from bench import checks, load, payloads, profile, report, servers
 from bench.servers import REPO, Server
 
 RESULTS = servers.BENCH / "results"
@@ -225,8 +225,6 @@ def main(argv: list[str] | None = None) -> None:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     paths = payloads.write_bodies(RAW / "bodies")
     if args.profile:
-        from bench import profile
-
         profile.run(chosen[0], paths, RESULTS)
         return
 
