@@ -1,0 +1,80 @@
+"""API-key authentication as pure ASGI middleware: every path is protected unless listed public."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+from typing import Final
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from iris_bento.errors import JSON_HEADERS, error_body
+from iris_bento.settings import api_keys
+
+# Probes, metrics and the docs UI (the OpenAPI schema is no secret, and BentoML's own client reads
+# /schema.json and /readyz before it sends a key). Everything else needs a key.
+PUBLIC_PATHS: Final = frozenset(
+    {"/health", "/livez", "/readyz", "/healthz", "/metrics", "/", "/docs.json", "/schema.json"}
+)
+PUBLIC_PREFIXES: Final = ("/static_content/",)
+
+_CHALLENGE: Final = (b"www-authenticate", b'Bearer realm="iris", charset="UTF-8"')
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The key from `x-api-key`, or `Authorization: Bearer` as `bentoml.SyncHTTPClient` sends."""
+    for name, value in headers:
+        if name == b"x-api-key":
+            return value
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() == b"bearer":
+                return token.strip()
+    return None
+
+
+class ApiKeyMiddleware:
+    """Rejects requests without a valid key with a 401 in the error contract."""
+
+    def __init__(self, app: ASGIApp, keys: Iterable[str] | None = None) -> None:
+        self.app = app
+        self._keys = tuple(key.encode() for key in (api_keys() if keys is None else keys))
+
+    def _accepts(self, key: bytes | None) -> bool:
+        """Constant-time comparison against every configured key (no early exit)."""
+        matched = False
+        for candidate in self._keys:
+            matched |= hmac.compare_digest(key or b"", candidate)
+        return matched and key is not None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] == "OPTIONS"
+            or is_public(scope["path"])
+            or self._accepts(presented_key(scope["headers"]))
+        ):
+            await self.app(scope, receive, send)
+            return
+        detail = (
+            "send an API key in the x-api-key header or as Authorization: Bearer"
+            if presented_key(scope["headers"]) is None
+            else "the API key is not valid"
+        )
+        body = error_body(401, detail)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    *JSON_HEADERS,
+                    _CHALLENGE,
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,80 @@
+"""The error contract: every error is `{"error": title, "code": status, "details": ...}`.
+
+A tiny hierarchy for the errors the project raises, and one renderer used for them, for the
+auth middleware's 401s and for rewriting the errors that BentoML or Starlette produce themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+JSON_HEADERS: tuple[tuple[bytes, bytes], ...] = ((b"content-type", b"application/json"),)
+
+# Titles that read better than the bare HTTP reason phrases.
+_TITLES: dict[int, str] = {
+    400: "invalid input",
+    401: "unauthorized",
+    413: "request body too large",
+    415: "unsupported media type",
+    429: "too many requests",
+    500: "internal server error",
+    503: "service unavailable",
+    504: "timed out",
+}
+
+
+def title_for(status: int) -> str:
+    """A short, lower-case title for any status code."""
+    if status in _TITLES:
+        return _TITLES[status]
+    try:
+        return HTTPStatus(status).phrase.lower()
+    except ValueError:
+        return "error"
+
+
+def error_body(status: int, details: Any, title: str | None = None) -> bytes:
+    """The JSON body of an error response."""
+    payload = {"error": title or title_for(status), "code": status, "details": details}
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def is_error_body(body: bytes) -> bool:
+    """Whether a body already follows the error contract (so it is passed through as it is)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(payload, Mapping) and payload.keys() == {"error", "code", "details"}
+
+
+class ApiError(Exception):
+    """An error the client can act on; its status and details reach the client as they are."""
+
+    status: int = 500
+
+    def __init__(self, details: Any) -> None:
+        super().__init__(details)
+        self.details = details
+
+    def body(self) -> bytes:
+        return error_body(self.status, self.details)
+
+
+class InvalidInput(ApiError):
+    status = 400
+
+
+class Overloaded(ApiError):
+    """The worker's queue is full: retry later, or elsewhere."""
+
+    status = 503
+
+
+class TimedOut(ApiError):
+    """The model did not answer in time."""
+
+    status = 504

@@ -1,0 +1,12 @@
+"""The model's inputs and outputs, named once for training, serving and tests."""
+
+from typing import Final
+
+MODEL_NAME: Final = "iris_clf"
+FEATURE_NAMES: Final = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+CLASS_NAMES: Final = ("setosa", "versicolor", "virginica")
+# A plausible physical range for every measurement, in centimetres.
+MIN_CM: Final = 0.0
+MAX_CM: Final = 100.0
+# The file inside the model store entry that holds the fitted pipeline.
+PIPELINE_FILE: Final = "pipeline.joblib"

@@ -1,0 +1,226 @@
+"""The outermost project middleware: request ids, request limits, the error contract, access logs.
+
+BentoML and Starlette answer some errors themselves (validation, unknown routes and methods,
+unhandled exceptions), each in its own shape. This middleware rewrites every error response that
+does not already follow the contract, so clients see one shape and never a traceback, a file path
+or a library version; the detail goes to the log instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any, Final
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from iris_bento.auth import is_public
+from iris_bento.errors import JSON_HEADERS, error_body, is_error_body
+from iris_bento.schemas import FEATURE_SHAPE_TAGS
+from iris_bento.settings import LimitSettings, project_settings
+
+log = logging.getLogger("iris_bento.access")
+
+REQUEST_ID_HEADER: Final = b"x-request-id"
+# A client's request id is echoed when it is short and printable; otherwise a new one is made.
+_VALID_REQUEST_ID: Final = re.compile(rb"[\x21-\x7e]{1,128}")
+_JSON_MEDIA_TYPE: Final = re.compile(rb"application/([\w.+-]+\+)?json")
+
+
+def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER and _VALID_REQUEST_ID.fullmatch(value):
+            return value.decode()
+    return uuid.uuid4().hex
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], wanted: bytes) -> bytes | None:
+    for name, value in headers:
+        if name == wanted:
+            return value
+    return None
+
+
+def field_path(loc: Iterable[Any]) -> str:
+    """A pydantic error location as `items[3].features[0]`; `body` for the body as a whole."""
+    path = ""
+    for part in loc:
+        if part in FEATURE_SHAPE_TAGS:
+            continue
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path or "body"
+
+
+def contract_details(status: int, body: bytes, request_id: str) -> tuple[int, Any]:
+    """Status and details for an error response produced outside the project's code."""
+    if status >= 500:
+        return status, f"the server log has the detail; request id {request_id}"
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("detail"), list):
+        # BentoML's rendering of a pydantic ValidationError: keep field and message, drop the
+        # documentation URL (it names the library version).
+        return 400, [
+            {"field": field_path(error.get("loc", ())), "message": error.get("msg", "invalid")}
+            for error in payload["detail"]
+        ]
+    if status == 404:
+        return status, "no endpoint at this path"
+    if status == 405:
+        return status, "this endpoint does not accept this method"
+    if status == 415:
+        return status, "send the body as JSON with Content-Type: application/json"
+    return status, None
+
+
+class _Exchange:
+    """The response side of one request: adds the request id, rewrites non-contract errors."""
+
+    def __init__(self, send: Send, request_id: str, max_body_bytes: int) -> None:
+        self._send = send
+        self.request_id = request_id
+        self.max_body_bytes = max_body_bytes
+        self.status = 0
+        self.body_too_large = False
+        self._held: Message | None = None
+        self._held_body = bytearray()
+
+    @property
+    def started(self) -> bool:
+        return self.status != 0
+
+    def _headers(self, headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        return [*headers, (REQUEST_ID_HEADER, self.request_id.encode())]
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            if self.status >= 400:
+                self._held = message
+                return
+            message["headers"] = self._headers(message.get("headers", ()))
+            await self._send(message)
+        elif message["type"] == "http.response.body" and self._held is not None:
+            self._held_body += message.get("body", b"")
+            if not message.get("more_body", False):
+                await self._send_held(self._held)
+        else:
+            await self._send(message)
+
+    def _too_large_body(self) -> bytes:
+        return error_body(413, f"the body exceeds the limit of {self.max_body_bytes} bytes")
+
+    async def send_failure(self) -> None:
+        """The answer when the app raised: 413 if it was reading an oversized body, else 500."""
+        if self.body_too_large:
+            await self.send_error_body(413, self._too_large_body())
+        else:
+            status, details = contract_details(500, b"", self.request_id)
+            await self.send_error_body(status, error_body(status, details))
+
+    async def _send_held(self, held: Message) -> None:
+        body = bytes(self._held_body)
+        status = held["status"]
+        if self.body_too_large:
+            status, body = 413, self._too_large_body()
+        elif not is_error_body(body):
+            status, details = contract_details(status, body, self.request_id)
+            body = error_body(status, details)
+        kept = [
+            (name, value)
+            for name, value in held.get("headers", ())
+            if name not in (b"content-length", b"content-type")
+        ]
+        await self.send_error_body(status, body, kept)
+
+    async def send_error_body(
+        self, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()
+    ) -> None:
+        self.status = status
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": self._headers(
+                    [*headers, *JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+                ),
+            }
+        )
+        await self._send({"type": "http.response.body", "body": body})
+
+
+class RequestMiddleware:
+    """Request id, limits (413, 415, 429), the error contract, one access-log line a request."""
+
+    def __init__(self, app: ASGIApp, limits: LimitSettings | None = None) -> None:
+        self.app = app
+        self._limits = limits or project_settings().limits
+        self._in_flight = 0
+
+    def _rejection(self, scope: Scope) -> tuple[int, str] | None:
+        """Checks that need only the request line and headers."""
+        headers = scope["headers"]
+        if self._in_flight >= self._limits.max_in_flight and not is_public(scope["path"]):
+            return 429, f"this worker is at its limit of {self._limits.max_in_flight} requests"
+        length = _header(headers, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self._limits.max_body_bytes:
+            return 413, f"the body exceeds the limit of {self._limits.max_body_bytes} bytes"
+        has_body = length not in (None, b"0") or _header(headers, b"transfer-encoding") is not None
+        if has_body:
+            media_type = (_header(headers, b"content-type") or b"").split(b";")[0].strip()
+            if not _JSON_MEDIA_TYPE.fullmatch(media_type.lower()):
+                return 415, "send the body as JSON with Content-Type: application/json"
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        exchange = _Exchange(send, request_id_of(scope["headers"]), self._limits.max_body_bytes)
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            """Counts body bytes; past the limit the app sees a disconnect and the client a 413."""
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self._limits.max_body_bytes:
+                    exchange.body_too_large = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        try:
+            rejection = self._rejection(scope)
+            if rejection is not None:
+                status, details = rejection
+                await exchange.send_error_body(status, error_body(status, details))
+                return
+            self._in_flight += 1
+            try:
+                await self.app(scope, receive_within_limit, exchange.send)
+            finally:
+                self._in_flight -= 1
+        except Exception:
+            if not exchange.body_too_large:
+                log.exception("unhandled error", extra={"request_id": exchange.request_id})
+            if not exchange.started:
+                await exchange.send_failure()
+        finally:
+            log.info(
+                "request",
+                extra={
+                    "request_id": exchange.request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": exchange.status,
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                },
+            )

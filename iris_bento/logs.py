@@ -1,0 +1,34 @@
+"""JSON-lines logging for the serving workers."""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import ValidationError
+from pythonjsonlogger.json import JsonFormatter
+
+# BentoML's server configures these loggers' handlers; the project's logger propagates to root.
+_LOGGERS_WITH_HANDLERS = ("", "bentoml", "uvicorn.error")
+
+
+def _not_a_client_error(record: logging.LogRecord) -> bool:
+    """BentoML logs every invalid body as an ERROR with a traceback that holds the submitted
+    values; the access line already records the 400, and logs carry no feature values."""
+    return not (record.exc_info and isinstance(record.exc_info[1], ValidationError))
+
+
+def configure_json_logging() -> None:
+    """Switch the worker's log handlers to one JSON object per line; call once per worker."""
+    formatter = JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+    )
+    for name in _LOGGERS_WITH_HANDLERS:
+        for handler in logging.getLogger(name).handlers:
+            handler.setFormatter(formatter)
+            # BentoML's trace filter decorates records for its text format and overwrites a
+            # `request_id` field with its span id; the JSON lines carry the project's own id.
+            for record_filter in list(handler.filters):
+                handler.removeFilter(record_filter)
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(_not_a_client_error)
+    logging.getLogger("iris_bento").setLevel(logging.INFO)

@@ -1,0 +1,95 @@
+"""Request and response bodies. Validation happens here, before the model sees anything."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from iris_bento.features import FEATURE_NAMES, MAX_CM, MIN_CM
+
+# A finite number in a plausible physical range: strict, so booleans, strings and nulls are
+# rejected instead of coerced; NaN and Infinity are rejected too.
+Measurement = Annotated[float, Field(strict=True, ge=MIN_CM, le=MAX_CM, allow_inf_nan=False)]
+FeatureList = Annotated[list[Measurement], Field(min_length=4, max_length=4)]
+RequestId = Annotated[str, Field(strict=True, max_length=128)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NamedFeatures(_Strict):
+    """Features by name, so a client cannot get their order wrong."""
+
+    sepal_length: Measurement
+    sepal_width: Measurement
+    petal_length: Measurement
+    petal_width: Measurement
+
+
+# Tags of the two shapes of `features`; they appear in pydantic's error locations only.
+FEATURE_SHAPE_TAGS: Final = frozenset({"list", "object"})
+
+
+def _feature_shape(value: Any) -> str | None:
+    """Validate against the shape the client sent, so errors name one shape, not both."""
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict | NamedFeatures):
+        return "object"
+    return None
+
+
+Features = Annotated[
+    Annotated[FeatureList, Tag("list")] | Annotated[NamedFeatures, Tag("object")],
+    Discriminator(
+        _feature_shape,
+        custom_error_type="features_shape",
+        custom_error_message="expected a list of four numbers or an object with the four names",
+    ),
+]
+
+
+class PredictRequest(_Strict):
+    """One record: an optional id, echoed back, and four measurements in centimetres."""
+
+    id: RequestId | None = None
+    features: Features = Field(
+        description=f"four measurements in cm, as a list in the order {list(FEATURE_NAMES)} "
+        "or as an object with those names",
+        examples=[[5.1, 3.5, 1.4, 0.2]],
+    )
+
+
+class BatchPredictRequest(_Strict):
+    """Several records; the item limit is a runtime setting, checked by the service."""
+
+    items: list[PredictRequest] = Field(min_length=1)
+
+
+class Prediction(BaseModel):
+    id: str | None
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+    model_version: str
+
+
+class BatchPrediction(BaseModel):
+    results: list[Prediction]
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    model_version: str
+    classes: list[str]
+    features: list[str]
+
+
+def feature_row(features: list[float] | NamedFeatures) -> list[float]:
+    """The four measurements in the model's column order."""
+    if isinstance(features, NamedFeatures):
+        return [getattr(features, name) for name in FEATURE_NAMES]
+    return features

@@ -1,0 +1,89 @@
+"""Runtime settings: the project's section of `configuration.yaml`; secrets from the environment.
+
+The project's own settings live under `services.IrisClassifier.iris` in the same file as BentoML's
+runtime settings, so `BENTOML_CONFIG` and `BENTOML_CONFIG_OVERRIDES` apply to both alike. This is
+the only module that reads BentoML's configuration container.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Final
+
+from bentoml._internal.configuration.containers import BentoMLContainer
+from pydantic import BaseModel, ConfigDict, NonNegativeFloat, PositiveFloat, PositiveInt
+
+SERVICE_NAME: Final = "IrisClassifier"
+SETTINGS_KEY: Final = "iris"
+API_KEYS_ENV: Final = "IRIS_API_KEYS"
+MODEL_TAG_ENV: Final = "IRIS_MODEL_TAG"
+DEFAULT_MODEL_TAG: Final = "iris_clf:latest"
+
+
+class _Section(BaseModel):
+    """A settings block: immutable, and a typo in the file is an error, not a silent default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BatchingSettings(_Section):
+    """How concurrent requests are coalesced into one model call (see `iris_bento.batching`)."""
+
+    enabled: bool = True
+    max_batch_rows: PositiveInt = 256
+    max_wait_ms: NonNegativeFloat = 0.0
+    max_queue_rows: PositiveInt = 16384
+    timeout_s: PositiveFloat = 10.0
+
+
+class LimitSettings(_Section):
+    """Bounds that protect a worker from one client: 400, 413 and 429 come from these."""
+
+    max_batch_items: PositiveInt = 1000
+    max_body_bytes: PositiveInt = 1024 * 1024
+    max_in_flight: PositiveInt = 512
+
+
+class ProjectSettings(_Section):
+    batching: BatchingSettings = BatchingSettings()
+    limits: LimitSettings = LimitSettings()
+
+
+class MissingApiKeysError(RuntimeError):
+    """Raised at start-up so the service refuses to run unauthenticated."""
+
+
+def _service_config() -> dict[str, Any]:
+    return BentoMLContainer.config.services[SERVICE_NAME].get() or {}
+
+
+def project_settings() -> ProjectSettings:
+    """The project's section of the loaded BentoML configuration, validated."""
+    return ProjectSettings.model_validate(_service_config().get(SETTINGS_KEY, {}))
+
+
+def worker_count() -> int | str:
+    """BentoML's `workers` setting for this service: a number, or `cpu_count`."""
+    return _service_config().get("workers", 1)
+
+
+def cors_options() -> dict[str, Any] | None:
+    """BentoML's own `http.cors` options, or None when CORS is off."""
+    if not BentoMLContainer.http.cors.enabled.get():
+        return None
+    return dict(BentoMLContainer.access_control_options.get())
+
+
+def api_keys() -> tuple[str, ...]:
+    """The accepted API keys: several at once, so a key can be rotated without downtime."""
+    keys = tuple(key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip())
+    if not keys:
+        raise MissingApiKeysError(
+            f"{API_KEYS_ENV} is not set: set it to one or more comma-separated API keys"
+        )
+    return keys
+
+
+def model_tag() -> str:
+    """The model version to serve; `latest` unless pinned."""
+    return os.environ.get(MODEL_TAG_ENV, DEFAULT_MODEL_TAG)

@@ -1,0 +1,140 @@
+"""Test helpers: example payloads, the real server as a subprocess, and raw ASGI calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from starlette.types import ASGIApp, Message
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+API_KEYS = ("test-key-one", "test-key-two")
+READY_TIMEOUT_S = 90
+
+
+def example(name: str) -> dict[str, Any]:
+    """A payload from examples/, the same files the README's curl commands send."""
+    return json.loads((ROOT / "examples" / f"{name}.json").read_text())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text(errors="replace").splitlines()
+
+    def stop(self, timeout_s: float = 30) -> int:
+        """SIGTERM, as an orchestrator sends it; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            raise
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Polls /readyz (with a timeout per try: it can hang while the server boots)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"server not ready in {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
+
+
+@contextmanager
+def start_server(
+    target: list[str], cwd: Path, log_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[RunningServer]:
+    """`bentoml serve TARGET` on a free loopback port; stopped by PID when the block ends."""
+    port = free_port()
+    log_path = log_dir / f"serve-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [str(BIN / "bentoml"), "serve", *target, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, process, log_path)
+        yield RunningServer(url, process, log_path)
+    finally:
+        if process.poll() is None:
+            RunningServer(url, process, log_path).stop()
+
+
+async def asgi_request(
+    app: ASGIApp,
+    method: str = "GET",
+    path: str = "/",
+    headers: dict[str, str] | None = None,
+    body_chunks: tuple[bytes, ...] = (b"",),
+) -> tuple[int, dict[str, str], bytes]:
+    """One request straight into an ASGI app: status, headers, body."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 3000),
+    }
+    incoming = [
+        {"type": "http.request", "body": chunk, "more_body": i < len(body_chunks) - 1}
+        for i, chunk in enumerate(body_chunks)
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return (
+        start["status"],
+        {k.decode(): v.decode() for k, v in start.get("headers", [])},
+        body,
+    )

@@ -1,0 +1,218 @@
+"""The two project middlewares, each on a tiny bare app (as Starlette tests its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from helpers import asgi_request
+from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from iris_bento.auth import PUBLIC_PATHS, ApiKeyMiddleware
+from iris_bento.http import RequestMiddleware, field_path
+from iris_bento.settings import LimitSettings, MissingApiKeysError, api_keys
+
+KEYS = ("first-key", "second-key")
+ORIGIN = "http://localhost:8080"
+
+
+async def ok(_: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+async def echo_length(request: Request) -> Response:
+    return JSONResponse({"length": len(await request.body())})
+
+
+async def boom(_: Request) -> Response:
+    raise RuntimeError("/srv/secret/path.py exploded")
+
+
+async def plain_500(_: Request) -> Response:
+    return PlainTextResponse("Internal Server Error at /srv/app.py", status_code=500)
+
+
+def bare_app() -> Starlette:
+    routes = [Route("/p", ok, methods=["GET", "POST"]), Route("/boom", boom)]
+    routes += [Route("/plain500", plain_500), Route("/read", echo_length, methods=["POST"])]
+    routes += [Route(path, ok) for path in PUBLIC_PATHS]
+    return Starlette(routes=routes)
+
+
+def stack(limits: LimitSettings | None = None, cors: bool = False) -> Any:
+    """The service's order: request middleware, CORS (when on), auth, app."""
+    app: Any = ApiKeyMiddleware(bare_app(), keys=KEYS)
+    if cors:
+        app = CORSMiddleware(app, allow_origins=[ORIGIN], allow_methods=["GET", "POST"])
+    return RequestMiddleware(app, limits=limits or LimitSettings())
+
+
+def call(app: Any, method: str = "GET", path: str = "/p", **kwargs: Any) -> Any:
+    return asyncio.run(asgi_request(app, method, path, **kwargs))
+
+
+def contract(status: int, body: bytes) -> Any:
+    payload = json.loads(body)
+    assert set(payload) == {"error", "code", "details"}
+    assert payload["code"] == status
+    return payload
+
+
+# --- auth ------------------------------------------------------------------------------------
+
+
+def test_no_key_is_401_with_a_challenge() -> None:
+    status, headers, body = call(stack())
+    assert status == 401
+    assert headers["www-authenticate"].startswith("Bearer")
+    assert "x-api-key" in contract(401, body)["details"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-api-key": "first-key"},
+        {"x-api-key": "second-key"},
+        {"authorization": "Bearer first-key"},
+        {"authorization": "bearer second-key"},
+    ],
+)
+def test_valid_keys_pass(headers: dict[str, str]) -> None:
+    assert call(stack(), headers=headers)[0] == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-api-key": "wrong"},
+        {"x-api-key": "first-key "},
+        {"x-api-key": "first-keyX"},
+        {"x-api-key": ""},
+        {"authorization": "Basic first-key"},
+        {"authorization": "Bearer"},
+    ],
+)
+def test_invalid_keys_are_refused(headers: dict[str, str]) -> None:
+    status, _, body = call(stack(), headers=headers)
+    assert status == 401
+    assert b"first-key" not in body
+
+
+@pytest.mark.parametrize("path", sorted(PUBLIC_PATHS))
+def test_public_paths_need_no_key(path: str) -> None:
+    assert call(stack(), path=path)[0] == 200
+
+
+def test_a_new_route_is_protected_by_default() -> None:
+    assert call(stack(), path="/not-listed")[0] == 401
+
+
+def test_cors_preflight_passes_and_401s_carry_cors_headers() -> None:
+    app = stack(cors=True)
+    preflight = {"origin": ORIGIN, "access-control-request-method": "POST"}
+    status, headers, _ = call(app, "OPTIONS", headers=preflight)
+    assert status == 200
+    assert headers["access-control-allow-origin"] == ORIGIN
+    status, headers, _ = call(app, "POST", headers={"origin": ORIGIN})
+    assert status == 401
+    assert headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_the_service_refuses_to_start_without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IRIS_API_KEYS", " , ")
+    with pytest.raises(MissingApiKeysError, match="IRIS_API_KEYS"):
+        api_keys()
+    monkeypatch.setenv("IRIS_API_KEYS", " a-key ,second ")
+    assert api_keys() == ("a-key", "second")
+
+
+# --- request middleware ----------------------------------------------------------------------
+
+AUTH = {"x-api-key": "first-key"}
+
+
+def test_exceptions_become_a_contract_500_without_detail(caplog: pytest.LogCaptureFixture) -> None:
+    status, headers, body = call(stack(), path="/boom", headers=AUTH)
+    details = contract(500, body)["details"]
+    assert status == 500
+    assert headers["x-request-id"] in details
+    assert b"/srv" not in body and b"Traceback" not in body
+    assert "exploded" in caplog.text  # the log has what the client does not
+
+
+def test_foreign_error_bodies_are_rewritten() -> None:
+    status, _, body = call(stack(), path="/plain500", headers=AUTH)
+    assert status == 500
+    assert b"app.py" not in body
+    contract(500, body)
+
+
+def test_body_limit_by_content_length_and_by_counting() -> None:
+    limits = LimitSettings(max_body_bytes=10)
+    headers = {**AUTH, "content-type": "application/json"}
+    status, _, body = call(stack(limits), "POST", headers={**headers, "content-length": "11"})
+    assert status == 413
+    contract(413, body)
+    chunked = {**headers, "transfer-encoding": "chunked"}
+    over = (b"123456", b"78901")
+    status, _, body = call(stack(limits), "POST", "/read", headers=chunked, body_chunks=over)
+    assert status == 413
+    contract(413, body)
+    within = (b"12345", b"67890")
+    status, _, body = call(stack(limits), "POST", "/read", headers=chunked, body_chunks=within)
+    assert (status, json.loads(body)) == (200, {"length": 10})
+
+
+def test_non_json_body_is_415_but_bodiless_post_is_not() -> None:
+    status, _, _ = call(
+        stack(), "POST", headers={**AUTH, "content-type": "text/plain", "content-length": "2"}
+    )
+    assert status == 415
+    assert call(stack(), "POST", headers=AUTH)[0] == 200
+    for media_type in ("application/json", "application/json; charset=utf-8", "application/x+json"):
+        headers = {**AUTH, "content-type": media_type, "content-length": "2"}
+        assert call(stack(), "POST", headers=headers)[0] == 200
+
+
+def test_in_flight_limit_is_429_but_never_for_probes() -> None:
+    release = asyncio.Event()
+
+    async def slow(_: Request) -> Response:
+        await release.wait()
+        return JSONResponse({})
+
+    app = RequestMiddleware(
+        Starlette(routes=[Route("/slow", slow), Route("/health", ok)]),
+        limits=LimitSettings(max_in_flight=1),
+    )
+
+    async def scenario() -> tuple[int, int, int]:
+        first = asyncio.create_task(asgi_request(app, path="/slow"))
+        await asyncio.sleep(0.05)
+        second = await asgi_request(app, path="/slow")
+        probe = await asgi_request(app, path="/health")
+        release.set()
+        return (await first)[0], second[0], probe[0]
+
+    assert asyncio.run(scenario()) == (200, 429, 200)
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [("abc-123", True), ("x" * 128, True), ("x" * 129, False), ("has space", False)],
+)
+def test_request_id_echo_rules(sent: str, kept: bool) -> None:
+    _, headers, _ = call(stack(), headers={**AUTH, "x-request-id": sent})
+    assert (headers["x-request-id"] == sent) is kept
+
+
+def test_error_locations_read_like_paths() -> None:
+    assert field_path(("items", 3, "features", "list", 0)) == "items[3].features[0]"
+    assert field_path(("features", "object", "sepal_length")) == "features.sepal_length"
+    assert field_path(()) == "body"

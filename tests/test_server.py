@@ -1,0 +1,147 @@
+"""The real server: `bentoml serve` as a subprocess, spoken to over HTTP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+from typing import Any
+
+import aiohttp
+import bentoml
+import numpy as np
+import pytest
+import requests
+from helpers import API_KEYS, ROOT, RunningServer, example, start_server
+from sklearn.datasets import load_iris
+
+from iris_bento.features import CLASS_NAMES
+
+pytestmark = pytest.mark.server
+
+AUTH = {"x-api-key": API_KEYS[0], "content-type": "application/json"}
+CLIENTS = 64
+REQUESTS_PER_CLIENT = 8
+
+
+def batch_histogram(url: str) -> tuple[float, float, float]:
+    """(model calls, rows, calls of exactly one row) from the project's histogram in /metrics."""
+    text = requests.get(f"{url}/metrics", timeout=5).text
+
+    def value(pattern: str) -> float:
+        return sum(float(v) for v in re.findall(pattern + r"\S* (\S+)", text, re.MULTILINE))
+
+    return (
+        value(r"^iris_model_batch_rows_count"),
+        value(r"^iris_model_batch_rows_sum"),
+        value(r'^iris_model_batch_rows_bucket\{le="1\.0"'),
+    )
+
+
+async def concurrent_predictions(url: str, rows: np.ndarray) -> list[tuple[str, dict[str, Any]]]:
+    """CLIENTS connections at once, each sending its own rows with its own ids."""
+
+    async def one_client(session: aiohttp.ClientSession, client: int) -> list[Any]:
+        answers = []
+        for n in range(REQUESTS_PER_CLIENT):
+            request_id = f"c{client}-{n}"
+            row = rows[(client * REQUESTS_PER_CLIENT + n) % len(rows)]
+            payload = {"id": request_id, "features": row.tolist()}
+            async with session.post(f"{url}/predict", json=payload, headers=AUTH) as response:
+                assert response.status == 200, await response.text()
+                answers.append((request_id, await response.json()))
+        return answers
+
+    connector = aiohttp.TCPConnector(limit=CLIENTS)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        per_client = await asyncio.gather(*(one_client(session, c) for c in range(CLIENTS)))
+    return [answer for answers in per_client for answer in answers]
+
+
+def test_contract_over_http(server: RunningServer) -> None:
+    health = requests.get(f"{server.url}/health", timeout=5)
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+    predicted = requests.post(f"{server.url}/predict", json=example("predict"), headers=AUTH)
+    assert (predicted.status_code, predicted.json()["label"]) == (200, "setosa")
+    batch = requests.post(
+        f"{server.url}/batch_predict", json=example("batch_predict"), headers=AUTH
+    )
+    assert [r["id"] for r in batch.json()["results"]] == ["a", "b", "c"]
+    assert requests.post(f"{server.url}/predict", json=example("predict")).status_code == 401
+    assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 200
+
+
+def test_bad_input_never_hurts_the_server(server: RunningServer) -> None:
+    bodies = [b"", b"{", b"\xff\xfe", b"[]" * 1000, b'{"features": [' + b"1," * 5000 + b"1]}"]
+    for body in bodies:
+        response = requests.post(f"{server.url}/predict", data=body, headers=AUTH, timeout=5)
+        assert response.status_code == 400, response.text
+        assert set(response.json()) == {"error", "code", "details"}
+    assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
+
+
+def test_concurrent_predictions_are_batched_without_cross_talk(
+    server: RunningServer, pipeline: Any
+) -> None:
+    calls_before, rows_before, singles_before = batch_histogram(server.url)
+    rows = load_iris().data
+    answers = asyncio.run(concurrent_predictions(server.url, rows))
+    calls, rows_computed, singles = (
+        after - before
+        for after, before in zip(
+            batch_histogram(server.url), (calls_before, rows_before, singles_before), strict=True
+        )
+    )
+
+    assert len(answers) == CLIENTS * REQUESTS_PER_CLIENT
+    expected = pipeline.predict_proba(rows)
+    for request_id, answer in answers:
+        assert answer["id"] == request_id
+        client, n = (int(part) for part in request_id[1:].split("-"))
+        reference = expected[(client * REQUESTS_PER_CLIENT + n) % len(rows)]
+        assert answer["label"] == CLASS_NAMES[int(reference.argmax())]
+        got = [answer["probabilities"][name] for name in CLASS_NAMES]
+        np.testing.assert_allclose(got, reference, rtol=0, atol=1e-9)
+
+    assert rows_computed == len(answers)
+    assert calls < rows_computed, "every model call held a single row: nothing was batched"
+    assert singles < calls, "no model call held more than one row"
+
+
+def test_bentoml_client_with_a_token(server: RunningServer) -> None:
+    with bentoml.SyncHTTPClient(server.url, token=API_KEYS[1]) as client:
+        result = client.predict(id="sdk", features=[6.9, 3.1, 5.8, 2.2])
+    answer = result if isinstance(result, dict) else result.model_dump()
+    assert (answer["id"], answer["label"]) == ("sdk", "virginica")
+
+
+def test_logs_are_json_lines_without_feature_values(server: RunningServer) -> None:
+    unique_values = [4.321, 2.987, 1.555, 0.444]
+    headers = {**AUTH, "x-request-id": "log-check-1"}
+    requests.post(f"{server.url}/predict", json={"features": unique_values}, headers=headers)
+    requests.post(f"{server.url}/predict", json={"features": [*unique_values, 1]}, headers=AUTH)
+    time.sleep(0.5)
+    records = [json.loads(line) for line in server.log_lines() if line.startswith("{")]
+    ready = [r for r in records if r["message"] == "service ready"]
+    assert ready and {"model_tag", "workers", "config_file"} <= set(ready[0])
+    assert ready[0]["workers"] == 2
+    request = next(r for r in records if r.get("request_id") == "log-check-1")
+    assert (request["path"], request["status"]) == ("/predict", 200)
+    assert request["latency_ms"] > 0
+    log_text = server.log_path.read_text()
+    assert not any(str(value) in log_text for value in unique_values)
+
+
+def test_sigterm_stops_every_process_cleanly(model_tag: str, tmp_path: Any) -> None:
+    with start_server(["service:IrisClassifier"], cwd=ROOT, log_dir=tmp_path) as running:
+        requests.post(f"{running.url}/predict", json=example("predict"), headers=AUTH)
+        started = time.monotonic()
+        assert running.stop() == 0
+        assert time.monotonic() - started < 15
+        time.sleep(0.5)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(running.process.pid, signal.SIG_DFL)
