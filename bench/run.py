@@ -31,10 +31,15 @@ POINTS = (
 )
 VARIANT_POINTS = POINTS[2:3]
 
-# Hook for the batching on/off comparison: the environment that switches the project's
-# adaptive batching off. Empty until the service exposes such a switch; `--batching-off
-# NAME=VALUE` sets it for one run. With it set, each round also runs "project-nobatch".
-PROJECT_BATCHING_OFF: dict[str, str] = {}
+# The environment that switches the project's adaptive batching off, for the on/off comparison
+# ("project-nobatch"): the service reads `services.IrisClassifier.iris.batching.enabled` from
+# BentoML's configuration, which BENTOML_CONFIG_OVERRIDES (JSON, deep-merged) overrides.
+# `--batching-off NAME=VALUE` replaces it, should the switch move.
+PROJECT_BATCHING_OFF = {
+    "BENTOML_CONFIG_OVERRIDES": json.dumps(
+        {"services": {"IrisClassifier": {"iris": {"batching": {"enabled": False}}}}}
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,8 @@ def lineup(
 
 def prepare_project(server: Server, estimator: str | None) -> None:
     """First start of a project variant outside the measurement: venv, model, caches."""
-    if estimator and estimator in server.name:
+    home = server.env.get("BENTOML_HOME")
+    if estimator and home and not (Path(home) / "models").exists():
         env = servers.environment(server, 0)
         subprocess.run(
             [str(REPO / ".venv" / "bin" / "python"), "train.py", "--estimator", estimator],
@@ -208,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             rounds=args.rounds or settings.rounds,
             seconds=args.seconds or settings.seconds,
         )
-    batching_off = PROJECT_BATCHING_OFF | dict(kv.split("=", 1) for kv in args.batching_off)
+    batching_off = dict(kv.split("=", 1) for kv in args.batching_off) or PROJECT_BATCHING_OFF
     only = set(args.only.split(",")) if args.only else None
     if args.profile:
         only = {args.profile}
