@@ -5,6 +5,7 @@ its whole process tree (workers included) twice: once for the flame graph, once 
 stacks that are summed here by layer (HTTP server, framework, validation, model, metrics...).
 """
 
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -16,54 +17,99 @@ from bench.servers import Server
 SECONDS = 10
 RATE = 200  # samples per second; py-spy samples without pausing the target (--nonblocking)
 
-# Layer of a frame, by the first matching fragment of its file path.
-LAYERS = (
-    ("model (scikit-learn, numpy, scipy)", ("sklearn/", "numpy/", "scipy/", "threadpoolctl")),
-    ("validation and models (pydantic)", ("pydantic",)),
-    ("JSON", ("json/", "orjson")),
-    ("metrics (prometheus_client)", ("prometheus_client",)),
-    ("tracing (opentelemetry)", ("opentelemetry",)),
-    ("logging", ("logging/",)),
-    ("BentoML", ("_bentoml_impl", "_bentoml_sdk", "bentoml/")),
-    ("framework (starlette, fastapi, flask)", ("starlette/", "fastapi/", "flask/", "werkzeug/")),
-    ("HTTP server (uvicorn, gunicorn, mlserver)", ("uvicorn/", "gunicorn/", "mlserver/")),
-    ("event loop and threads", ("asyncio/", "anyio/", "threading.py", "concurrent/")),
+# Layers by top-level package (site-packages) or standard-library module of a frame's file.
+LAYERS = {
+    "model (scikit-learn, numpy, scipy)": {"sklearn", "numpy", "scipy", "threadpoolctl", "joblib"},
+    "validation (pydantic)": {"pydantic", "pydantic_core"},
+    "JSON": {"json", "orjson"},
+    "metrics (prometheus_client)": {"prometheus_client"},
+    "tracing (opentelemetry)": {"opentelemetry"},
+    "logging": {"logging", "pythonjsonlogger"},
+    "BentoML": {"bentoml", "_bentoml_impl", "_bentoml_sdk"},
+    "framework (starlette, fastapi, flask)": {"starlette", "fastapi", "flask", "werkzeug"},
+    "HTTP server (uvicorn, gunicorn, mlserver)": {"uvicorn", "h11", "gunicorn", "mlserver"},
+    "event loop": {"asyncio", "uvloop", "anyio", "selectors"},
+    "thread pool": {"concurrent", "threading.py", "queue.py"},
+}
+# Layers whose inclusive share means something: leaf work, not middleware that wraps the app
+# (tracing, the project's middleware, the loop and the HTTP server hold nearly every stack).
+INCLUSIVE = (
+    "model (scikit-learn, numpy, scipy)",
+    "validation (pydantic)",
+    "JSON",
+    "metrics (prometheus_client)",
+    "logging",
 )
+FILE = re.compile(r"\((.*):\d+\)$")
+
+
+def _where(frame: str) -> str:
+    """A frame's file, from site-packages, the standard library or this repository."""
+    found = FILE.search(frame)
+    path = found.group(1) if found else frame
+    for marker in ("site-packages/", f"{servers.REPO}/", "/lib/python3.11/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
+def layer(frame: str) -> str:
+    """The layer a frame belongs to; the project's own modules are "project code"."""
+    path = _where(frame)
+    if path.startswith(("iris_bento/", "service.py")):
+        return "project code"
+    top = path.split("/", 1)[0]
+    return next((name for name, tops in LAYERS.items() if top in tops), "other")
 
 
 def _samples(collapsed: Path) -> list[tuple[list[str], int]]:
+    """Stacks and their counts, without py-spy's leading process frame."""
     stacks = []
     for line in collapsed.read_text().splitlines():
         frames, _, count = line.rpartition(" ")
-        if frames:
-            stacks.append((frames.split(";"), int(count)))
+        kept = [f for f in frames.split(";") if not f.startswith("process ")]
+        if kept:
+            stacks.append((kept, int(count)))
     return stacks
 
 
 def summary(collapsed: Path, title: str) -> str:
-    """Share of samples whose stack passes through each layer, and the hottest functions."""
+    """CPU samples by layer (self and inclusive) and the hottest functions."""
     stacks = _samples(collapsed)
     total = sum(count for _, count in stacks) or 1
-    layers: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    through: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
     for frames, count in stacks:
-        leaves[frames[-1]] += count
-        for layer, fragments in LAYERS:
-            if any(f in frame for frame in frames for f in fragments):
-                layers[layer] += count
+        # Generic standard-library code (inspect, functools, uuid...) counts for its caller.
+        named = [layer(f) for f in frames]
+        own[next((n for n in reversed(named) if n != "other"), "other")] += count
+        leaf_name = frames[-1].split(" (", 1)[0]
+        leaves[f"{leaf_name} ({_where(frames[-1])})"] += count
+        for name in set(named):
+            through[name] += count
     lines = [
         f"# Profile: {title}",
         "",
         f"py-spy, {RATE} Hz, {SECONDS} s of `/predict` at 64 connections, whole process tree; "
-        f"{total} samples of running threads.",
+        f"{total} samples of running threads. Self: the innermost Python frame is in the layer "
+        "(native code such as a socket write, and generic standard-library code such as "
+        "`inspect`, count for their caller); inclusive: any frame is. A thread blocked on a "
+        "queue can still be sampled as running (the model thread's `_worker`).",
         "",
-        "| layer (inclusive: samples whose stack passes through it) | share |",
-        "|---|---|",
-        *(f"| {layer} | {n / total:.0%} |" for layer, n in layers.most_common()),
+        "| layer | self | inclusive |",
+        "|---|---|---|",
+        *(
+            f"| {name} | {own[name] / total:.0%} | "
+            f"{f'{through[name] / total:.0%}' if name in INCLUSIVE else ''} |"
+            for name in sorted(
+                own.keys() | (through.keys() & set(INCLUSIVE)), key=lambda k: -own[k]
+            )
+        ),
         "",
-        "| hottest functions (self time) | share |",
+        "| hottest functions (self) | share |",
         "|---|---|",
-        *(f"| `{leaf}` | {n / total:.1%} |" for leaf, n in leaves.most_common(15)),
+        *(f"| `{leaf}` | {n / total:.1%} |" for leaf, n in leaves.most_common(20)),
     ]
     return "\n".join(lines) + "\n"
 
@@ -83,7 +129,7 @@ def run(server: Server, bodies: dict[str, dict[str, Path]], results: Path) -> No
                 [
                     *(py_spy, "record", "--pid", str(running.process.pid), "--subprocesses"),
                     *("--nonblocking", "--rate", str(RATE), "--duration", str(SECONDS)),
-                    *("--format", fmt, "--output", str(out)),
+                    *("--format", fmt, "--output", str(out), "--full-filenames"),
                 ],
                 stdout=subprocess.DEVNULL,
             )

@@ -202,7 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--estimator",
-        help="also run the project with `train.py --estimator NAME` (e.g. random_forest)",
+        default="random_forest",
+        help="heavier estimator for the batching comparison (`train.py --estimator NAME`); "
+        "'none' skips it",
     )
     parser.add_argument("--profile", metavar="NAME", help="profile one server with py-spy instead")
     args = parser.parse_args(argv)
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     only = set(args.only.split(",")) if args.only else None
     if args.profile:
         only = {args.profile}
-    chosen = lineup(only, batching_off, args.estimator)
+    estimator = None if args.estimator == "none" else args.estimator
+    chosen = lineup(only, batching_off, estimator)
 
     ensure_wrk()
     for server in chosen:
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         if server.venv:
             servers.prepare(server)
         else:
-            prepare_project(server, args.estimator)
+            prepare_project(server, estimator)
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     paths = payloads.write_bodies(RAW / "bodies")
