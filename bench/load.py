@@ -81,7 +81,8 @@ def measure(pid: int, url: str, body: Path, connections: int, seconds: int) -> d
     self_before, wrk_before = _self_cpu(), _children_cpu()
     figures = wrk(url, body, connections, seconds)
     cpu_after, busy_after = tree_cpu(pid), busy_cpu_seconds()
-    server_cpu = sum(v - cpu_before.get(p, 0.0) for p, v in cpu_after.items())
+    per_process = [v - cpu_before.get(p, 0.0) for p, v in cpu_after.items()]
+    server_cpu = sum(per_process)
     wrk_cpu = _children_cpu() - wrk_before
     others = busy_after - busy_before - server_cpu - wrk_cpu - (_self_cpu() - self_before)
     elapsed = figures["duration_us"] / 1e6
@@ -98,6 +99,8 @@ def measure(pid: int, url: str, body: Path, connections: int, seconds: int) -> d
         "timeouts": figures["timeout"],
         "server_cpu_us_per_request": server_cpu / requests * 1e6,
         "server_cpu_pct": server_cpu / elapsed * 100,
+        # How evenly the workers shared the load: 0.5 is an even split between two workers.
+        "busiest_process_cpu_share": max(per_process, default=0.0) / (server_cpu or 1.0),
         "wrk_cpu_pct": wrk_cpu / elapsed * 100,
         "others_cpu_pct": max(others, 0.0) / elapsed * 100,
         "rss_mib": tree_rss_mib(pid),

@@ -13,6 +13,7 @@ import matplotlib as mpl
 
 mpl.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 
 Run = dict[str, object]
 Result = dict[str, object]
@@ -165,12 +166,20 @@ def _others(run: Run) -> list[float]:
     ]
 
 
+def _cell(run: Run, server: str, metric: str) -> str:
+    """A table cell; the fixed-answer ceiling parses no rows, so its batch figure is req/s."""
+    found = values(run, server, metric)
+    if metric == "batch_rows" and run["servers"][server]["protocol"] == "fixed":
+        return f"(HTTP only: {spread([v / 1000 for v in found], '{:,.0f}')} req/s)"
+    return spread(found, FORMATS[metric])
+
+
 def table(run: Run) -> list[str]:
     headers = ["server", *[h for _, h, _, _, _ in METRICS], "errors", "note"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for name, info in run["servers"].items():
         cells = [info["label"]]
-        cells += [spread(values(run, name, key), fmt) for key, _, _, fmt, _ in METRICS]
+        cells += [_cell(run, name, key) for key, _, _, _, _ in METRICS]
         cells += [_errors(run, name), info["note"]]
         lines.append("| " + " | ".join(cells) + " |")
     compute = [r["compute"] for r in run["rounds"] if r.get("compute")]
@@ -237,26 +246,39 @@ def markdown(run: Run) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _colour(name: str, info: dict[str, str]) -> str:
+    if name.startswith("project"):
+        return "tab:orange"
+    return "tab:gray" if info["protocol"] == "fixed" else "tab:blue"
+
+
 def chart(run: Run, path: Path) -> None:
-    """Bars of the medians with min-max whiskers, one panel per headline metric."""
+    """Medians with min-max whiskers, one panel per headline metric (log scales but memory)."""
     shown = ("c64_rps", "c64_p99", "c1_p50", "batch_rows", "cpu_us", "rss")
     titles = {key: header for key, header, _, _, _ in METRICS}
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for ax, key in zip(axes.flat, shown, strict=True):
-        names, medians, low, high = [], [], [], []
+        names, medians, low, high, colours = [], [], [], [], []
         for name, info in run["servers"].items():
             found = values(run, name, key)
-            if found:
+            if found and not (key == "batch_rows" and info["protocol"] == "fixed"):
                 median = statistics.median(found)
                 names.append(info["label"])
                 medians.append(median)
                 low.append(median - min(found))
                 high.append(max(found) - median)
-        ax.barh(names, medians, xerr=[low, high], color="tab:blue", capsize=3)
+                colours.append(_colour(name, info))
+        ax.barh(names, medians, xerr=[low, high], color=colours, capsize=3)
+        if key != "rss":
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.invert_yaxis()
         ax.set_title(titles[key].replace("`", ""))
         ax.tick_params(axis="y", labelsize=8)
-    fig.suptitle(f"iris-bento benchmark, {run['mode']} run {run['date']}, commit {run['commit']}")
+    fig.suptitle(
+        f"iris-bento benchmark, {run['mode']} run {run['date']}, commit {run['commit']} "
+        "(orange: project, grey: ceiling)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -245,7 +245,9 @@ def main(argv: list[str] | None = None) -> None:
         "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
         "machine": machine(),
         "settings": settings.__dict__,
-        "servers": {s.name: {"label": s.label, "note": s.note, "auth": s.auth} for s in chosen},
+        "servers": {
+            s.name: {"label": s.label, "note": s.note, "protocol": s.protocol} for s in chosen
+        },
         "rounds": [],
     }
     began = time.monotonic()
