@@ -15,7 +15,16 @@ from bench import load, servers
 from bench.servers import Server
 
 SECONDS = 10
-RATE = 200  # samples per second; py-spy samples without pausing the target (--nonblocking)
+RATE = 200  # samples per second; --nonblocking: the target is never paused
+# Leaf frames of threads that wait (py-spy samples them as running here): left out of the shares.
+WAITING = (
+    "Condition.wait (",
+    "Event.wait (",
+    "Connection._recv (",
+    "_worker (",
+    "select (",
+    "Thread.join (",
+)
 
 # Layers by top-level package (site-packages) or standard-library module of a frame's file.
 LAYERS = {
@@ -63,12 +72,12 @@ def layer(frame: str) -> str:
 
 
 def _samples(collapsed: Path) -> list[tuple[list[str], int]]:
-    """Stacks and their counts, without py-spy's leading process frame."""
+    """Stacks and their counts, without py-spy's leading process frame nor waiting threads."""
     stacks = []
     for line in collapsed.read_text().splitlines():
         frames, _, count = line.rpartition(" ")
         kept = [f for f in frames.split(";") if not f.startswith("process ")]
-        if kept:
+        if kept and not kept[-1].startswith(WAITING):
             stacks.append((kept, int(count)))
     return stacks
 
@@ -94,8 +103,8 @@ def summary(collapsed: Path, title: str) -> str:
         f"py-spy, {RATE} Hz, {SECONDS} s of `/predict` at 64 connections, whole process tree; "
         f"{total} samples of running threads. Self: the innermost Python frame is in the layer "
         "(native code such as a socket write, and generic standard-library code such as "
-        "`inspect`, count for their caller); inclusive: any frame is. A thread blocked on a "
-        "queue can still be sampled as running (the model thread's `_worker`).",
+        "`inspect`, count for their caller); inclusive: any frame is. Threads waiting on a lock, "
+        "queue, pipe or selector are left out.",
         "",
         "| layer | self | inclusive |",
         "|---|---|---|",

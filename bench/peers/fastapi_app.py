@@ -25,8 +25,8 @@ app = FastAPI(lifespan=lifespan)
 api_key = APIKeyHeader(name=contract.KEY_HEADER, auto_error=False)
 
 
-def require_key(key: Annotated[str | None, Depends(api_key)]) -> None:
-    """Refuse a missing or wrong key."""
+async def require_key(key: Annotated[str | None, Depends(api_key)]) -> None:
+    """Refuse a missing or wrong key (async: a plain `def` would run in the thread pool)."""
     if not contract.key_ok(key):
         raise HTTPException(status_code=401, detail="missing or invalid API key")
 
