@@ -42,6 +42,7 @@ from iris_bento.settings import (
     cors_options,
     model_tag,
     project_settings,
+    require_api_keys,
     worker_count,
 )
 
@@ -79,6 +80,11 @@ class IrisClassifier:
     """Serves the registered `iris_clf` pipeline: one model load per worker."""
 
     model_ref = bentoml.models.BentoModel(model_tag())
+
+    @bentoml.on_deployment
+    def refuse_to_start_without_keys() -> None:  # type: ignore[misc]
+        """Runs once in `bentoml serve` before any worker: a one-line refusal, no restarts."""
+        require_api_keys()
 
     def __init__(self) -> None:
         configure_json_logging()

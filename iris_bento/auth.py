@@ -38,7 +38,8 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
 
 
 class ApiKeyMiddleware:
-    """Rejects requests without a valid key with a 401 in the error contract."""
+    """Rejects requests without a valid key with a 401 in the error contract. With no keys
+    configured it accepts none (the service itself refuses to start without keys)."""
 
     def __init__(self, app: ASGIApp, keys: Iterable[str] | None = None) -> None:
         self.app = app

@@ -4,14 +4,16 @@ BentoML's own batching runs the model behind `bentoml.depends` in another proces
 request pays an IPC hop with pickled payloads; for a model that costs well under a millisecond that
 hop costs more than batching saves. Here the queue lives in the worker's event loop: a request
 appends its rows and awaits a future; one dispatcher task takes everything queued (up to
-`max_batch_rows`), runs one model call in a worker thread and resolves the futures. While that
-call runs, the event loop keeps parsing requests, so batches grow exactly as fast as load does:
-one row when idle, many under load. `max_wait_ms` adds an optional wait for fuller batches.
+`max_batch_rows`), runs one model call (inline, or in a worker thread when `run_in_thread` is
+set) and resolves the futures. While that call runs, requests keep arriving, so batches grow
+exactly as fast as load does: one row when idle, many under load. `max_wait_ms` adds an
+optional wait for fuller batches.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -58,11 +60,11 @@ class MicroBatcher:
     def __init__(self, infer: Infer, settings: BatchingSettings) -> None:
         self._infer = infer
         self._settings = settings
-        self._queue: list[_Pending] = []
+        self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
-        # One thread: model calls are serialised, and the event loop stays free to parse.
+        # One thread, used only with `run_in_thread`: model calls stay serialised.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._batch_rows = batch_rows_histogram()
 
@@ -104,29 +106,42 @@ class MicroBatcher:
                 await asyncio.sleep(self._settings.max_wait_ms / 1000)
             while self._queue:
                 batch = self._take_batch()
-                rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
-                self._batch_rows.observe(len(rows))
-                try:
-                    output = await loop.run_in_executor(self._executor, self._infer, rows)
-                except Exception as error:  # the model failed: every caller in the batch fails
-                    for pending in batch:
-                        if not pending.future.done():
-                            pending.future.set_exception(error)
-                    continue
-                self._resolve(batch, output)
+                if batch:
+                    await self._run(batch, loop)
+                # Between batches, let the loop read requests and fire deadlines.
+                await asyncio.sleep(0)
+
+    async def _run(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
+        """One model call for the whole batch; its failure is every caller's failure."""
+        rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
+        self._batch_rows.observe(len(rows))
+        try:
+            output = (
+                await loop.run_in_executor(self._executor, self._infer, rows)
+                if self._settings.run_in_thread
+                else self._infer(rows)
+            )
+        except Exception as error:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        self._resolve(batch, output)
 
     def _take_batch(self) -> list[_Pending]:
-        """Queued requests up to `max_batch_rows` rows, oldest first; at least one."""
-        taken = 1
-        rows = len(self._queue[0].rows)
-        while taken < len(self._queue):
-            next_rows = len(self._queue[taken].rows)
-            if rows + next_rows > self._settings.max_batch_rows:
+        """Queued requests up to `max_batch_rows` rows, oldest first; one at least, if any
+        caller still waits (callers that timed out are dropped, their rows never computed)."""
+        batch: list[_Pending] = []
+        rows = 0
+        while self._queue:
+            size = len(self._queue[0].rows)
+            if batch and rows + size > self._settings.max_batch_rows:
                 break
-            rows += next_rows
-            taken += 1
-        batch, self._queue = self._queue[:taken], self._queue[taken:]
-        self._queued_rows -= rows
+            pending = self._queue.popleft()
+            self._queued_rows -= size
+            if not pending.future.done():
+                batch.append(pending)
+                rows += size
         return batch
 
     @staticmethod

@@ -11,6 +11,7 @@ import os
 from typing import Any, Final
 
 from bentoml._internal.configuration.containers import BentoMLContainer
+from bentoml.exceptions import BentoMLConfigException
 from pydantic import BaseModel, ConfigDict, NonNegativeFloat, PositiveFloat, PositiveInt
 
 SERVICE_NAME: Final = "IrisClassifier"
@@ -30,6 +31,7 @@ class BatchingSettings(_Section):
     """How concurrent requests are coalesced into one model call (see `iris_bento.batching`)."""
 
     enabled: bool = True
+    run_in_thread: bool = False
     max_batch_rows: PositiveInt = 256
     max_wait_ms: NonNegativeFloat = 0.0
     max_queue_rows: PositiveInt = 16384
@@ -49,8 +51,9 @@ class ProjectSettings(_Section):
     limits: LimitSettings = LimitSettings()
 
 
-class MissingApiKeysError(RuntimeError):
-    """Raised at start-up so the service refuses to run unauthenticated."""
+class MissingApiKeysError(BentoMLConfigException):
+    """Raised at start-up so the service refuses to run unauthenticated; BentoML's CLI prints a
+    configuration exception as its message alone."""
 
 
 def _service_config() -> dict[str, Any]:
@@ -76,7 +79,12 @@ def cors_options() -> dict[str, Any] | None:
 
 def api_keys() -> tuple[str, ...]:
     """The accepted API keys: several at once, so a key can be rotated without downtime."""
-    keys = tuple(key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip())
+    return tuple(key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip())
+
+
+def require_api_keys() -> tuple[str, ...]:
+    """The keys, or an error saying what to set: the service refuses to run unauthenticated."""
+    keys = api_keys()
     if not keys:
         raise MissingApiKeysError(
             f"{API_KEYS_ENV} is not set: set it to one or more comma-separated API keys"

@@ -82,7 +82,8 @@ def start_server(
         process = subprocess.Popen(
             [str(BIN / "bentoml"), "serve", *target, "--host", "127.0.0.1", "--port", str(port)],
             cwd=cwd,
-            env={**os.environ, **(env or {})},
+            # Unbuffered, as in BentoML's image: log lines reach the file as they are written.
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,

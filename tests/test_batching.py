@@ -46,10 +46,12 @@ def rows_of(count: int, width: int = 4) -> list[np.ndarray]:
     return [np.full((1, width), float(i)) for i in range(count)]
 
 
-def test_concurrent_requests_share_model_calls_and_get_their_own_rows() -> None:
+@pytest.mark.parametrize("run_in_thread", [False, True])
+def test_concurrent_requests_share_model_calls_and_get_their_own_rows(run_in_thread: bool) -> None:
     model = SlowModel()
     inputs = rows_of(64)
-    results = run_concurrently(MicroBatcher(model, BatchingSettings()), inputs)
+    settings = BatchingSettings(run_in_thread=run_in_thread)
+    results = run_concurrently(MicroBatcher(model, settings), inputs)
     for rows, result in zip(inputs, results, strict=True):
         np.testing.assert_array_equal(result, rows * 2)
     assert sum(model.calls) == 64
@@ -74,8 +76,9 @@ def test_a_full_queue_answers_overloaded() -> None:
 
 
 def test_a_late_model_answers_timed_out_and_the_batcher_recovers() -> None:
+    """A deadline can interrupt the wait only while the call runs off the event loop."""
     model = SlowModel(pause_s=0.3)
-    batcher = MicroBatcher(model, BatchingSettings(timeout_s=0.05))
+    batcher = MicroBatcher(model, BatchingSettings(timeout_s=0.05, run_in_thread=True))
 
     async def scenario() -> tuple[Any, Any]:
         try:
@@ -116,6 +119,25 @@ def test_a_model_failure_reaches_every_caller_of_the_batch_only() -> None:
     first, after = asyncio.run(scenario())
     assert isinstance(first[0], ValueError)
     np.testing.assert_array_equal(after, np.ones((1, 4)))
+
+
+def test_callers_that_timed_out_are_not_computed() -> None:
+    model = SlowModel(pause_s=0.2)
+    batcher = MicroBatcher(model, BatchingSettings(timeout_s=0.1, run_in_thread=True))
+
+    async def scenario() -> list[Any]:
+        try:
+            first = asyncio.ensure_future(batcher.infer(np.ones((1, 4))))
+            await asyncio.sleep(0.01)
+            queued = [asyncio.ensure_future(batcher.infer(np.ones((2, 4)))) for _ in range(3)]
+            return await asyncio.gather(first, *queued, return_exceptions=True)
+        finally:
+            await asyncio.sleep(0.3)
+            batcher.close()
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(result, TimedOut) for result in results)
+    assert model.calls == [1]
 
 
 def test_disabled_batching_calls_the_model_once_per_request() -> None:

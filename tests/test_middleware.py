@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from iris_bento.auth import PUBLIC_PATHS, ApiKeyMiddleware
 from iris_bento.http import RequestMiddleware, field_path
-from iris_bento.settings import LimitSettings, MissingApiKeysError, api_keys
+from iris_bento.settings import LimitSettings, MissingApiKeysError, require_api_keys
 
 KEYS = ("first-key", "second-key")
 ORIGIN = "http://localhost:8080"
@@ -127,9 +127,15 @@ def test_cors_preflight_passes_and_401s_carry_cors_headers() -> None:
 def test_the_service_refuses_to_start_without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IRIS_API_KEYS", " , ")
     with pytest.raises(MissingApiKeysError, match="IRIS_API_KEYS"):
-        api_keys()
+        require_api_keys()
     monkeypatch.setenv("IRIS_API_KEYS", " a-key ,second ")
-    assert api_keys() == ("a-key", "second")
+    assert require_api_keys() == ("a-key", "second")
+
+
+def test_without_keys_the_middleware_accepts_nothing() -> None:
+    app = RequestMiddleware(ApiKeyMiddleware(bare_app(), keys=()))
+    assert call(app, headers={"x-api-key": ""})[0] == 401
+    assert call(app, headers={"authorization": "Bearer "})[0] == 401
 
 
 # --- request middleware ----------------------------------------------------------------------

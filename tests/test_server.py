@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ import bentoml
 import numpy as np
 import pytest
 import requests
-from helpers import API_KEYS, ROOT, RunningServer, example, start_server
+from helpers import API_KEYS, BIN, ROOT, RunningServer, example, free_port, start_server
 from sklearn.datasets import load_iris
 
 from iris_bento.features import CLASS_NAMES
@@ -120,16 +121,23 @@ def test_bentoml_client_with_a_token(server: RunningServer) -> None:
 
 
 def test_logs_are_json_lines_without_feature_values(server: RunningServer) -> None:
-    unique_values = [4.321, 2.987, 1.555, 0.444]
+    unique_values = [4.3210987, 2.9876543, 1.5554321, 0.4443217]
     headers = {**AUTH, "x-request-id": "log-check-1"}
     requests.post(f"{server.url}/predict", json={"features": unique_values}, headers=headers)
     requests.post(f"{server.url}/predict", json={"features": [*unique_values, 1]}, headers=AUTH)
-    time.sleep(0.5)
-    records = [json.loads(line) for line in server.log_lines() if line.startswith("{")]
+    deadline = time.monotonic() + 10
+    while True:
+        records = [json.loads(line) for line in server.log_lines() if line.startswith("{")]
+        logged = [r for r in records if r.get("request_id") == "log-check-1"]
+        if logged or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     ready = [r for r in records if r["message"] == "service ready"]
-    assert ready and {"model_tag", "workers", "config_file"} <= set(ready[0])
+    assert len(ready) == 2, "one start-up line per worker"
+    assert {"model_tag", "workers", "config_file"} <= set(ready[0])
     assert ready[0]["workers"] == 2
-    request = next(r for r in records if r.get("request_id") == "log-check-1")
+    assert len(logged) == 1
+    request = logged[0]
     assert (request["path"], request["status"]) == ("/predict", 200)
     assert request["latency_ms"] > 0
     log_text = server.log_path.read_text()
@@ -145,3 +153,21 @@ def test_sigterm_stops_every_process_cleanly(model_tag: str, tmp_path: Any) -> N
         time.sleep(0.5)
         with pytest.raises(ProcessLookupError):
             os.killpg(running.process.pid, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("keys", [None, " , "], ids=["unset", "blank"])
+def test_the_server_refuses_to_start_without_keys(model_tag: str, keys: str | None) -> None:
+    env = {name: value for name, value in os.environ.items() if name != "IRIS_API_KEYS"}
+    if keys is not None:
+        env["IRIS_API_KEYS"] = keys
+    result = subprocess.run(
+        [str(BIN / "bentoml"), "serve", "service:IrisClassifier", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "IRIS_API_KEYS" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
