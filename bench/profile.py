@@ -1,6 +1,6 @@
 """Profile one server under load with py-spy: a flame graph and a summary of where CPU goes.
 
-`python -m bench --profile NAME` starts NAME, drives `/predict` with 64 connections and samples
+`python -m bench --profile NAME` starts NAME, drives it at each of POINTS and samples
 its whole process tree (workers included) twice: once for the flame graph, once as collapsed
 stacks that are summed here by layer (HTTP server, framework, validation, model, metrics...).
 """
@@ -15,6 +15,8 @@ from bench import load, servers
 from bench.servers import Server
 
 SECONDS = 10
+# (body kind, connections): the load under which each profile is taken.
+POINTS = (("predict", 64), ("batch", 4))
 RATE = 200  # samples per second; --nonblocking: the target is never paused
 # Leaf frames of threads that wait (py-spy samples them as running here): left out of the shares.
 WAITING = (
@@ -100,7 +102,7 @@ def summary(collapsed: Path, title: str) -> str:
     lines = [
         f"# Profile: {title}",
         "",
-        f"py-spy, {RATE} Hz, {SECONDS} s of `/predict` at 64 connections, whole process tree; "
+        f"py-spy, {RATE} Hz, {SECONDS} s, whole process tree; "
         f"{total} samples of running threads. Self: the innermost Python frame is in the layer "
         "(native code such as a socket write, and generic standard-library code such as "
         "`inspect`, count for their caller); inclusive: any frame is. Threads waiting on a lock, "
@@ -123,29 +125,40 @@ def summary(collapsed: Path, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(server: Server, bodies: dict[str, dict[str, Path]], results: Path) -> None:
-    """Profile `server` and write flame-NAME.svg and profile-NAME.md to `results`."""
-    body = bodies["v2" if server.protocol == "v2" else "contract"]["predict"]
-    running = servers.start(server, results / "raw" / "logs" / f"profile-{server.name}.log")
+def _record(pid: int, fmt: str, out: Path, url: str, body: Path, connections: int) -> None:
+    """Sample the tree under `pid` for SECONDS while wrk drives `url`."""
     py_spy = str(Path(sys.executable).parent / "py-spy")
-    collapsed = results / "raw" / f"profile-{server.name}.txt"
+    record = subprocess.Popen(
+        [
+            *(py_spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking"),
+            *("--rate", str(RATE), "--duration", str(SECONDS), "--full-filenames"),
+            *("--format", fmt, "--output", str(out)),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    load.wrk(url, body, connections, SECONDS + 2)
+    record.wait(timeout=60)
+
+
+def run(server: Server, bodies: dict[str, dict[str, Path]], results: Path) -> None:
+    """Profile `server` on each point of POINTS: flame-NAME-KIND.svg, profile-NAME.md."""
+    paths = bodies["v2" if server.protocol == "v2" else "contract"]
+    running = servers.start(server, results / "raw" / "logs" / f"profile-{server.name}.log")
+    sections = []
     try:
         servers.wait_healthy(running, timeout=300)
-        url = running.url(server.paths["predict"])
-        load.wrk(url, body, 64, 2)
-        for fmt, out in (("flamegraph", results / f"flame-{server.name}.svg"), ("raw", collapsed)):
-            record = subprocess.Popen(
-                [
-                    *(py_spy, "record", "--pid", str(running.process.pid), "--subprocesses"),
-                    *("--nonblocking", "--rate", str(RATE), "--duration", str(SECONDS)),
-                    *("--format", fmt, "--output", str(out), "--full-filenames"),
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-            load.wrk(url, body, 64, SECONDS + 2)
-            record.wait(timeout=60)
+        pid = running.process.pid
+        for kind, connections in POINTS:
+            url = running.url(server.paths[kind])
+            load.wrk(url, paths[kind], connections, 2)
+            flame = results / f"flame-{server.name}-{kind}.svg"
+            collapsed = results / "raw" / f"profile-{server.name}-{kind}.txt"
+            _record(pid, "flamegraph", flame, url, paths[kind], connections)
+            _record(pid, "raw", collapsed, url, paths[kind], connections)
+            title = f"{server.label}, `{server.paths[kind]}` at {connections} connections"
+            sections.append(summary(collapsed, title))
     finally:
         servers.stop(running)
-    text = summary(collapsed, server.label)
+    text = "\n".join(sections)
     (results / f"profile-{server.name}.md").write_text(text)
     print(text)
