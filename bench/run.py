@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import psutil
+
 from bench import checks, load, payloads, profile, report, servers
 from bench.servers import REPO, Server
 
@@ -99,27 +101,31 @@ def lineup(
     chosen = list(servers.PEERS)
     if servers.project_ready():
         chosen.append(servers.project("project", "project (iris-bento)", {}))
-        if batching_off:
-            chosen.append(servers.project("project-nobatch", "project, batching off", batching_off))
+        chosen.append(servers.project("project-nobatch", "project, batching off", batching_off))
         if estimator:
             home = {"BENTOML_HOME": str(servers.VENVS / "run" / f"project-{estimator}")}
-            chosen.append(servers.project(f"project-{estimator}", f"project, {estimator}", home))
-            if batching_off:
-                off = home | batching_off
-                chosen.append(
-                    servers.project(
-                        f"project-{estimator}-nobatch", f"project, {estimator}, batching off", off
-                    )
-                )
+            off = home | batching_off
+            chosen += [
+                servers.project(f"project-{estimator}", f"project, {estimator}", home),
+                servers.project(
+                    f"project-{estimator}-nobatch", f"project, {estimator}, batching off", off
+                ),
+            ]
     else:
         print("[bench] no service.py on this branch yet: peers only", flush=True)
     return [s for s in chosen if only is None or s.name in only]
 
 
 def prepare_project(server: Server, estimator: str | None) -> None:
-    """First start of a project variant outside the measurement: venv, model, caches."""
+    """First start of a project variant outside the measurement: venv, model, caches.
+
+    A variant with its own model store gets the heavier estimator trained into it first.
+    """
     home = server.env.get("BENTOML_HOME")
     if estimator and home and not (Path(home) / "models").exists():
+        subprocess.run(
+            ["make", "--no-print-directory", ".venv/bin/.installed"], cwd=REPO, check=True
+        )
         env = servers.environment(server, 0)
         subprocess.run(
             [str(REPO / ".venv" / "bin" / "python"), "train.py", "--estimator", estimator],
@@ -171,7 +177,13 @@ def bench_server(
             )
             print(f"[bench]   {server.name:24} {name:13} {_brief(measured[name])}", flush=True)
         return {"cold_start_s": cold, "problems": problems, "points": measured}
-    except (RuntimeError, TimeoutError, subprocess.SubprocessError, OSError) as failed:
+    except (
+        RuntimeError,
+        TimeoutError,
+        subprocess.SubprocessError,
+        OSError,
+        psutil.Error,
+    ) as failed:
         print(f"[bench]   {server.name}: FAILED {failed}", flush=True)
         return {"failed": str(failed)}
     finally:
