@@ -48,8 +48,8 @@ PROJECT_BATCHING_OFF = {
 class Settings:
     """How long and how often: the full run stays well under 30 minutes."""
 
-    rounds: int = 3
-    seconds: int = 8
+    rounds: int = 5
+    seconds: int = 5
     warmup: int = 2
 
 
