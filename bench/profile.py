@@ -106,7 +106,9 @@ def summary(collapsed: Path, title: str) -> str:
         f"{total} samples of running threads. Self: the innermost Python frame is in the layer "
         "(native code such as a socket write, and generic standard-library code such as "
         "`inspect`, count for their caller); inclusive: any frame is. Threads waiting on a lock, "
-        "queue, pipe or selector are left out.",
+        "queue, pipe or selector are left out. Shares of async code are approximate (a "
+        "coroutine awaiting the next middleware can hold its callee's samples): confirm a "
+        "suspect with an A/B run before optimising it.",
         "",
         "| layer | self | inclusive |",
         "|---|---|---|",
