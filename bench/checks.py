@@ -11,13 +11,11 @@ import urllib.request
 from bench import payloads
 from bench.servers import Running
 
-CLASSES = {"setosa", "versicolor", "virginica"}
-
 
 def _post(url: str, body: bytes, key: str | None) -> tuple[int, object]:
     headers = {"Content-Type": "application/json"}
     if key is not None:
-        headers["x-api-key"] = key
+        headers[payloads.KEY_HEADER] = key
     request = urllib.request.Request(url, body, headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -31,7 +29,7 @@ def _contract(running: Running) -> list[str]:
     predict, batch = running.url("/predict"), running.url("/batch_predict")
     problems = []
     status, answer = _post(predict, bodies["predict"], payloads.API_KEY)
-    if status != 200 or not isinstance(answer, dict) or answer.get("label") not in CLASSES:
+    if status != 200 or not isinstance(answer, dict) or answer.get("label") not in payloads.CLASSES:
         problems.append(f"/predict answered {status}: {answer!r:.200}")
     status, answer = _post(batch, bodies["batch"], payloads.API_KEY)
     results = answer.get("results") if isinstance(answer, dict) else None

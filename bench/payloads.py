@@ -1,4 +1,5 @@
-"""The request bodies every load test sends, in one place for the harness, wrk and smoke checks.
+"""The request bodies every load test sends, and the contract's names, in one place for the
+harness, the peers, wrk and the smoke checks.
 
 Rows are real Iris measurements (one per class, then small deterministic offsets), so every
 server does the same work on valid input and the answers can be checked.
@@ -8,6 +9,8 @@ import json
 from pathlib import Path
 
 API_KEY = "bench-key-7f3a9c1e5b"
+KEY_HEADER = "x-api-key"
+CLASSES = ("setosa", "versicolor", "virginica")
 BATCH_ROWS = 1000
 MLSERVER_MODEL = "iris"
 

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from bench import payloads
 from bench.peers import contract
 
 Message = MutableMapping[str, Any]
@@ -39,7 +40,7 @@ class ApiKeyMiddleware:
     ) -> None:
         if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
             headers = dict(scope["headers"])
-            key = headers.get(contract.KEY_HEADER.encode(), b"").decode("latin-1")
+            key = headers.get(payloads.KEY_HEADER.encode(), b"").decode("latin-1")
             if not contract.key_ok(key):
                 body = json.dumps(contract.error("missing or invalid API key")).encode()
                 start = {

@@ -13,8 +13,7 @@ import joblib
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-CLASSES = ("setosa", "versicolor", "virginica")
-KEY_HEADER = "x-api-key"
+from bench.payloads import CLASSES
 
 Feature = Annotated[float, Field(strict=True, ge=0, le=100, allow_inf_nan=False)]
 

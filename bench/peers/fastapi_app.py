@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 
+from bench import payloads
 from bench.peers import contract
 
 state: dict[str, contract.Model] = {}
@@ -22,7 +23,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(lifespan=lifespan)
-api_key = APIKeyHeader(name=contract.KEY_HEADER, auto_error=False)
+api_key = APIKeyHeader(name=payloads.KEY_HEADER, auto_error=False)
 
 
 async def require_key(key: Annotated[str | None, Depends(api_key)]) -> None:

@@ -7,6 +7,7 @@ from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 
+from bench import payloads
 from bench.peers import contract
 
 
@@ -15,7 +16,7 @@ def require_key(view: Callable[[], ResponseReturnValue]) -> Callable[[], Respons
 
     @wraps(view)
     def checked() -> ResponseReturnValue:
-        if not contract.key_ok(request.headers.get(contract.KEY_HEADER)):
+        if not contract.key_ok(request.headers.get(payloads.KEY_HEADER)):
             return jsonify(contract.error("missing or invalid API key")), 401
         return view()
 
