@@ -94,6 +94,13 @@ def machine() -> dict[str, object]:
     }
 
 
+def top() -> list[str]:
+    """The busiest processes on the box at the start of a round, to name what disturbed it."""
+    argv = ["top", "-b", "-n2", "-d0.5", "-w", "200"]  # the second frame has CPU figures
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return ("top -" + done.stdout.split("top -")[-1]).splitlines()[:20]
+
+
 def lineup(
     only: set[str] | None, batching_off: dict[str, str], estimator: str | None
 ) -> list[Server]:
@@ -269,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
             f"[bench] round {number + 1}/{settings.rounds}: {', '.join(s.name for s in order)}",
             flush=True,
         )
-        measured = {"compute": compute_ceiling(chosen), "servers": {}}
+        measured = {"compute": compute_ceiling(chosen), "top": top(), "servers": {}}
         for server in order:
             bodies = paths["v2" if server.protocol == "v2" else "contract"]
             log = RAW / "logs" / f"{stamp}-{server.name}.log"
