@@ -23,13 +23,12 @@ serve: $(BIN)/.installed
 train: $(BIN)/.installed
 	$(BIN)/python train.py
 
-test: $(BIN)/.installed
+lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
 
-lint: $(BIN)/.installed
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+test: lint
+	$(BIN)/python -m pytest
 
 bento: $(BIN)/.installed
 	$(BIN)/bentoml build

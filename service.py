@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from iris_bento.auth import ApiKeyMiddleware
 from iris_bento.batching import MicroBatcher
-from iris_bento.errors import ApiError, InvalidInput
+from iris_bento.errors import ApiError
 from iris_bento.features import CLASS_NAMES, FEATURE_NAMES, MODEL_NAME, PIPELINE_FILE
 from iris_bento.http import RequestMiddleware
 from iris_bento.logs import configure_json_logging
@@ -38,7 +38,6 @@ from iris_bento.schemas import (
     feature_row,
 )
 from iris_bento.settings import (
-    API_KEYS_ENV,
     cors_options,
     model_tag,
     project_settings,
@@ -75,7 +74,7 @@ health_app = Starlette(routes=[Route("/health", health, methods=["GET"])])
 
 
 @bentoml.asgi_app(health_app, path="/")
-@bentoml.service(envs=[{"name": API_KEYS_ENV}])
+@bentoml.service
 class IrisClassifier:
     """Serves the registered `iris_clf` pipeline: one model load per worker."""
 
@@ -89,10 +88,15 @@ class IrisClassifier:
     def __init__(self) -> None:
         configure_json_logging()
         settings = project_settings()
-        self.max_batch_items = settings.limits.max_batch_items
+        metadata = self.model_ref.info.metadata
+        if tuple(metadata.get("feature_names", FEATURE_NAMES)) != FEATURE_NAMES:
+            raise ValueError(
+                f"{self.model_ref.tag} was trained on features {metadata['feature_names']}, "
+                f"the service sends {list(FEATURE_NAMES)}"
+            )
         self.pipeline = joblib.load(self.model_ref.path_of(PIPELINE_FILE))
         self.model_version = self.model_ref.tag.version or ""
-        self.classes = tuple(self.model_ref.info.metadata.get("class_names", CLASS_NAMES))
+        self.classes = tuple(metadata.get("class_names", CLASS_NAMES))
         self.batcher = MicroBatcher(self.pipeline.predict_proba, settings.batching)
         self.health_body = (
             Health(
@@ -135,10 +139,6 @@ class IrisClassifier:
     @renders_api_errors
     async def batch_predict(self, items: list[PredictRequest]) -> BatchPrediction:
         """Classify several flowers; results come back in request order."""
-        if len(items) > self.max_batch_items:
-            raise InvalidInput(
-                [{"field": "items", "message": f"at most {self.max_batch_items} items per request"}]
-            )
         rows = np.array([feature_row(item.features) for item in items])
         probabilities = await self.batcher.infer(rows)
         return BatchPrediction(

@@ -11,25 +11,33 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from iris_bento.errors import JSON_HEADERS, error_body
 from iris_bento.settings import api_keys
 
-# Probes, metrics and the docs UI (the OpenAPI schema is no secret, and BentoML's own client reads
-# /schema.json and /readyz before it sends a key). Everything else needs a key.
+# Probes, metrics and the API schema (BentoML's own client reads /schema.json and /readyz before
+# it sends a key). Everything else needs a key, the docs UI included: BentoML's /docs.json names
+# its own version.
 PUBLIC_PATHS: Final = frozenset(
-    {"/health", "/livez", "/readyz", "/healthz", "/metrics", "/", "/docs.json", "/schema.json"}
+    {"/health", "/livez", "/readyz", "/healthz", "/metrics", "/schema.json"}
 )
-PUBLIC_PREFIXES: Final = ("/static_content/",)
 
 _CHALLENGE: Final = (b"www-authenticate", b'Bearer realm="iris", charset="UTF-8"')
 
 
 def is_public(path: str) -> bool:
-    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+    return path in PUBLIC_PATHS
+
+
+def is_preflight(scope: Scope) -> bool:
+    """A CORS preflight: browsers send it without credentials, so it must pass."""
+    if scope["type"] != "http" or scope["method"] != "OPTIONS":
+        return False
+    names = {name for name, _ in scope["headers"]}
+    return b"origin" in names and b"access-control-request-method" in names
 
 
 def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     """The key from `x-api-key`, or `Authorization: Bearer` as `bentoml.SyncHTTPClient` sends."""
     for name, value in headers:
         if name == b"x-api-key":
-            return value
+            return value.strip()
         if name == b"authorization":
             scheme, _, token = value.partition(b" ")
             if scheme.lower() == b"bearer":
@@ -54,12 +62,15 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
-            scope["type"] != "http"
-            or scope["method"] == "OPTIONS"
+            scope["type"] == "lifespan"
+            or is_preflight(scope)
             or is_public(scope["path"])
             or self._accepts(presented_key(scope["headers"]))
         ):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # policy violation
             return
         detail = (
             "send an API key in the x-api-key header or as Authorization: Bearer"

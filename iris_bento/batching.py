@@ -81,7 +81,7 @@ class MicroBatcher:
         self._queue.append(_Pending(rows, future))
         self._queued_rows += len(rows)
         self._wakeup.set()
-        if self._dispatcher is None:
+        if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch_forever())
         try:
             async with asyncio.timeout(self._settings.timeout_s):

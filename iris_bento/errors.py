@@ -36,9 +36,9 @@ def title_for(status: int) -> str:
         return "error"
 
 
-def error_body(status: int, details: Any, title: str | None = None) -> bytes:
+def error_body(status: int, details: Any) -> bytes:
     """The JSON body of an error response."""
-    payload = {"error": title or title_for(status), "code": status, "details": details}
+    payload = {"error": title_for(status), "code": status, "details": details}
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
@@ -62,10 +62,6 @@ class ApiError(Exception):
 
     def body(self) -> bytes:
         return error_body(self.status, self.details)
-
-
-class InvalidInput(ApiError):
-    status = 400
 
 
 class Overloaded(ApiError):

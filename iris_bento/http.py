@@ -8,6 +8,7 @@ or a library version; the detail goes to the log instead.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -47,11 +48,13 @@ def _header(headers: Iterable[tuple[bytes, bytes]], wanted: bytes) -> bytes | No
 
 def field_path(loc: Iterable[Any]) -> str:
     """A pydantic error location as `items[3].features[0]`; `body` for the body as a whole."""
-    path = ""
+    path, previous = "", None
     for part in loc:
-        if part in FEATURE_SHAPE_TAGS:
-            continue
-        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+        # Right after `features`: the union branch pydantic took, not a field the client sent.
+        is_shape_tag = previous == "features" and part in FEATURE_SHAPE_TAGS
+        previous = part
+        if not is_shape_tag:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
     return path or "body"
 
 
@@ -76,7 +79,10 @@ def contract_details(status: int, body: bytes, request_id: str) -> tuple[int, An
         return status, "this endpoint does not accept this method"
     if status == 415:
         return status, "send the body as JSON with Content-Type: application/json"
-    return status, None
+    if isinstance(payload, list | dict):
+        return status, None  # a framework's own JSON shape: its wording is not ours to pass on
+    text = body.decode(errors="replace").strip()
+    return status, text if 0 < len(text) <= 200 else None
 
 
 class _Exchange:
@@ -205,7 +211,13 @@ class RequestMiddleware:
                 return
             self._in_flight += 1
             try:
-                await self.app(scope, receive_within_limit, exchange.send)
+                async with asyncio.timeout(self._limits.request_timeout_s):
+                    await self.app(scope, receive_within_limit, exchange.send)
+            except TimeoutError:
+                # Before BentoML's own traffic timeout answers, outside the contract.
+                if not exchange.started:
+                    details = f"no answer within {self._limits.request_timeout_s:g} s"
+                    await exchange.send_error_body(504, error_body(504, details))
             finally:
                 self._in_flight -= 1
         except Exception:

@@ -6,15 +6,19 @@ import logging
 
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
+from starlette.requests import ClientDisconnect
 
 # BentoML's server configures these loggers' handlers; the project's logger propagates to root.
 _LOGGERS_WITH_HANDLERS = ("", "bentoml", "uvicorn.error")
 
 
 def _not_a_client_error(record: logging.LogRecord) -> bool:
-    """BentoML logs every invalid body as an ERROR with a traceback that holds the submitted
-    values; the access line already records the 400, and logs carry no feature values."""
-    return not (record.exc_info and isinstance(record.exc_info[1], ValidationError))
+    """BentoML logs every invalid body, and every body cut off (a client that went away, or
+    the 413 limit), as an ERROR with a traceback, the first holding the submitted values; the
+    access line already records the request, and logs carry no feature values."""
+    return not (
+        record.exc_info and isinstance(record.exc_info[1], ValidationError | ClientDisconnect)
+    )
 
 
 def configure_json_logging() -> None:

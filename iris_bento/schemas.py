@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic_core import PydanticCustomError
 
 from iris_bento.features import FEATURE_NAMES, MAX_CM, MIN_CM
+from iris_bento.settings import project_settings
 
 # A finite number in a plausible physical range: strict, so booleans, strings and nulls are
 # rejected instead of coerced; NaN and Infinity are rejected too.
@@ -63,9 +65,20 @@ class PredictRequest(_Strict):
 
 
 class BatchPredictRequest(_Strict):
-    """Several records; the item limit is a runtime setting, checked by the service."""
+    """Several records, at most `limits.max_batch_items` of them."""
 
     items: list[PredictRequest] = Field(min_length=1)
+
+    @field_validator("items", mode="before")
+    @classmethod
+    def _within_item_limit(cls, items: Any) -> Any:
+        """Counted before any item is validated, so an oversized batch costs nothing."""
+        limit = project_settings().limits.max_batch_items
+        if isinstance(items, list) and len(items) > limit:
+            raise PydanticCustomError(
+                "too_many_items", "at most {limit} items per request", {"limit": limit}
+            )
+        return items
 
 
 class Prediction(BaseModel):

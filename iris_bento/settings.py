@@ -12,7 +12,14 @@ from typing import Any, Final
 
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml.exceptions import BentoMLConfigException
-from pydantic import BaseModel, ConfigDict, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 
 SERVICE_NAME: Final = "IrisClassifier"
 SETTINGS_KEY: Final = "iris"
@@ -44,11 +51,21 @@ class LimitSettings(_Section):
     max_batch_items: PositiveInt = 1000
     max_body_bytes: PositiveInt = 1024 * 1024
     max_in_flight: PositiveInt = 512
+    request_timeout_s: PositiveFloat = 20.0
 
 
 class ProjectSettings(_Section):
     batching: BatchingSettings = BatchingSettings()
     limits: LimitSettings = LimitSettings()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProjectSettings:
+        """Settings that would make every large request fail, or a deadline never fire."""
+        if self.limits.max_batch_items > self.batching.max_queue_rows:
+            raise ValueError("limits.max_batch_items must not exceed batching.max_queue_rows")
+        if self.batching.timeout_s >= self.limits.request_timeout_s:
+            raise ValueError("batching.timeout_s must be below limits.request_timeout_s")
+        return self
 
 
 class MissingApiKeysError(BentoMLConfigException):

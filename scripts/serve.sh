@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 
 model_tag=${IRIS_MODEL_TAG:-iris_clf:latest}
 if ! bentoml models get "$model_tag" >/dev/null 2>&1; then
+  if [[ $model_tag != "iris_clf:latest" ]]; then
+    echo "IRIS_MODEL_TAG=$model_tag is not in the model store (bentoml models list iris_clf)." >&2
+    exit 1
+  fi
   echo "No $model_tag in the model store: training one."
   python train.py
 fi

@@ -78,12 +78,20 @@ def start_server(
     """`bentoml serve TARGET` on a free loopback port; stopped by PID when the block ends."""
     port = free_port()
     log_path = log_dir / f"serve-{port}.log"
+    # A home of its own (sharing the model and Bento stores): BentoML empties the Prometheus
+    # directory under its home at start, which would reset another running server's metrics.
+    home = log_dir / f"bentoml-home-{port}"
+    home.mkdir()
+    for store in ("models", "bentos"):
+        shared = Path(os.environ["BENTOML_HOME"]) / store
+        shared.mkdir(parents=True, exist_ok=True)
+        (home / store).symlink_to(shared)
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [str(BIN / "bentoml"), "serve", *target, "--host", "127.0.0.1", "--port", str(port)],
             cwd=cwd,
             # Unbuffered, as in BentoML's image: log lines reach the file as they are written.
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={**os.environ, "BENTOML_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})},
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from iris_bento.batching import MicroBatcher
-from iris_bento.errors import Overloaded, TimedOut
+from iris_bento.errors import Overloaded, TimedOut, title_for
 from iris_bento.settings import BatchingSettings
 
 
@@ -161,3 +162,20 @@ def test_waiting_for_fuller_batches_is_optional(max_wait_ms: float) -> None:
 
     asyncio.run(scenario(MicroBatcher(model, BatchingSettings(max_wait_ms=max_wait_ms))))
     assert model.calls == ([1, 1] if max_wait_ms == 0 else [2])
+
+
+@pytest.mark.parametrize(("error", "status"), [(Overloaded("full"), 503), (TimedOut("late"), 504)])
+def test_the_service_renders_batcher_errors_in_the_contract(error: Exception, status: int) -> None:
+    from service import renders_api_errors
+
+    @renders_api_errors
+    async def failing() -> None:
+        raise error
+
+    response = asyncio.run(failing())
+    assert response.status_code == status
+    assert json.loads(response.body) == {
+        "error": title_for(status),
+        "code": status,
+        "details": str(error),
+    }

@@ -14,10 +14,10 @@ from sklearn.datasets import load_iris
 from iris_bento.features import CLASS_NAMES, FEATURE_NAMES
 
 JSON = {"content-type": "application/json"}
-# What must never reach a client: tracebacks, source paths, library names with versions.
-LEAKS = re.compile(
-    r"Traceback|File \"|\.py\b|site-packages|pydantic|bentoml|starlette|\d+\.\d+\.\d+"
-)
+# What must never reach a client: tracebacks, source paths, version numbers; and in error bodies,
+# the names of the libraries underneath (metric names on /metrics may name BentoML).
+LEAKS = re.compile(r"Traceback|File \"|\.py\b|site-packages|\d+\.\d+\.\d+")
+ERROR_LEAKS = re.compile(LEAKS.pattern + r"|pydantic|bentoml|starlette")
 
 
 def assert_error(response: Any, status: int) -> Any:
@@ -28,7 +28,7 @@ def assert_error(response: Any, status: int) -> Any:
     assert set(body) == {"error", "code", "details"}
     assert body["code"] == status
     assert isinstance(body["error"], str) and body["error"]
-    assert not LEAKS.search(response.text), response.text
+    assert not ERROR_LEAKS.search(response.text), response.text
     return body["details"]
 
 
@@ -60,9 +60,19 @@ def test_health_is_public_and_describes_the_model(client: Any, model_tag: str) -
     }
 
 
-@pytest.mark.parametrize("path", ["/livez", "/readyz", "/healthz", "/metrics", "/schema.json"])
-def test_probe_metric_and_schema_paths_are_public(client: Any, path: str) -> None:
-    assert client.get(path).status_code == 200
+@pytest.mark.parametrize(
+    "path", ["/health", "/livez", "/readyz", "/healthz", "/metrics", "/schema.json"]
+)
+def test_public_paths_answer_without_a_key_and_leak_nothing(client: Any, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 200
+    assert not LEAKS.search(response.text), LEAKS.search(response.text)
+
+
+@pytest.mark.parametrize("path", ["/", "/docs.json"])
+def test_the_docs_ui_needs_a_key(client: Any, path: str, auth: dict[str, str]) -> None:
+    assert_error(client.get(path), 401)
+    assert client.get(path, headers=auth).status_code == 200
 
 
 def test_health_rejects_other_methods(client: Any) -> None:
@@ -231,8 +241,9 @@ def test_unknown_paths_are_protected_too(client: Any) -> None:
     assert_error(client.get("/no-such-path"), 401)
 
 
-def test_options_passes_auth(client: Any) -> None:
-    assert client.options("/predict").status_code != 401
+def test_a_cors_preflight_passes_auth(client: Any) -> None:
+    preflight = {"origin": "http://localhost:8080", "access-control-request-method": "POST"}
+    assert client.options("/predict", headers=preflight).status_code != 401
 
 
 # --- other statuses and headers ----------------------------------------------------------------

@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 import pytest
-from helpers import asgi_request
+import yaml
+from helpers import ROOT, asgi_request
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -16,7 +17,13 @@ from starlette.routing import Route
 
 from iris_bento.auth import PUBLIC_PATHS, ApiKeyMiddleware
 from iris_bento.http import RequestMiddleware, field_path
-from iris_bento.settings import LimitSettings, MissingApiKeysError, require_api_keys
+from iris_bento.settings import (
+    BatchingSettings,
+    LimitSettings,
+    MissingApiKeysError,
+    ProjectSettings,
+    require_api_keys,
+)
 
 KEYS = ("first-key", "second-key")
 ORIGIN = "http://localhost:8080"
@@ -81,6 +88,8 @@ def test_no_key_is_401_with_a_challenge() -> None:
         {"x-api-key": "second-key"},
         {"authorization": "Bearer first-key"},
         {"authorization": "bearer second-key"},
+        {"x-api-key": "first-key "},
+        {"authorization": "Bearer second-key "},
     ],
 )
 def test_valid_keys_pass(headers: dict[str, str]) -> None:
@@ -91,7 +100,6 @@ def test_valid_keys_pass(headers: dict[str, str]) -> None:
     "headers",
     [
         {"x-api-key": "wrong"},
-        {"x-api-key": "first-key "},
         {"x-api-key": "first-keyX"},
         {"x-api-key": ""},
         {"authorization": "Basic first-key"},
@@ -111,6 +119,31 @@ def test_public_paths_need_no_key(path: str) -> None:
 
 def test_a_new_route_is_protected_by_default() -> None:
     assert call(stack(), path="/not-listed")[0] == 401
+
+
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"])
+def test_every_method_needs_a_key(method: str) -> None:
+    assert call(stack(), method)[0] == 401
+
+
+def test_only_real_preflights_pass_without_a_key() -> None:
+    preflight = {"origin": ORIGIN, "access-control-request-method": "POST"}
+    assert call(stack(), "OPTIONS", headers=preflight)[0] != 401
+    assert call(stack(), "OPTIONS", headers={"origin": ORIGIN})[0] == 401
+
+
+def test_websockets_need_a_key_too() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/p", "headers": []}
+    asyncio.run(ApiKeyMiddleware(bare_app(), keys=KEYS)(scope, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}]
 
 
 def test_cors_preflight_passes_and_401s_carry_cors_headers() -> None:
@@ -157,6 +190,29 @@ def test_foreign_error_bodies_are_rewritten() -> None:
     assert status == 500
     assert b"app.py" not in body
     contract(500, body)
+
+
+def test_a_short_plain_text_client_error_keeps_its_words() -> None:
+    app = stack(cors=True)
+    refused = {"origin": "http://elsewhere", "access-control-request-method": "POST"}
+    status, _, body = call(app, "OPTIONS", headers=refused)
+    assert status == 400
+    assert contract(400, body)["details"] == "Disallowed CORS origin"
+
+
+def test_a_request_over_its_deadline_is_a_contract_504() -> None:
+    async def stalled(_: Request) -> Response:
+        await asyncio.sleep(5)
+        return JSONResponse({})
+
+    app = RequestMiddleware(
+        Starlette(routes=[Route("/stalled", stalled)]),
+        limits=LimitSettings(request_timeout_s=0.05),
+    )
+    status, headers, body = call(app, path="/stalled")
+    assert status == 504
+    assert headers["x-request-id"]
+    assert "0.05" in contract(504, body)["details"]
 
 
 def test_body_limit_by_content_length_and_by_counting() -> None:
@@ -221,4 +277,27 @@ def test_request_id_echo_rules(sent: str, kept: bool) -> None:
 def test_error_locations_read_like_paths() -> None:
     assert field_path(("items", 3, "features", "list", 0)) == "items[3].features[0]"
     assert field_path(("features", "object", "sepal_length")) == "features.sepal_length"
+    assert field_path(("features", "object", "list")) == "features.list"
+    assert field_path(("object",)) == "object"
     assert field_path(()) == "body"
+
+
+def test_settings_that_cannot_work_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_queue_rows"):
+        ProjectSettings(
+            limits=LimitSettings(max_batch_items=100), batching=BatchingSettings(max_queue_rows=10)
+        )
+    with pytest.raises(ValueError, match="request_timeout_s"):
+        ProjectSettings(
+            limits=LimitSettings(request_timeout_s=5), batching=BatchingSettings(timeout_s=5)
+        )
+
+
+def test_project_deadlines_answer_before_bentomls_own() -> None:
+    service = yaml.safe_load((ROOT / "configuration.yaml").read_text())["services"][
+        "IrisClassifier"
+    ]
+    settings = ProjectSettings.model_validate(service["iris"])
+    assert settings.batching.timeout_s < settings.limits.request_timeout_s
+    assert settings.limits.request_timeout_s < service["traffic"]["timeout"]
+    assert settings.limits.max_in_flight < service["traffic"]["max_concurrency"]
