@@ -202,15 +202,22 @@ def table(run: Run) -> list[str]:
 
 
 def _verdict(found: list[float], metric: str, bound: float) -> str:
+    """Met or missed on the median ratio, with the number of rounds that met it on their own."""
     if not found:
         return "not measured"
-    median = statistics.median(found)
-    met = median >= bound if HIGHER_IS_BETTER[metric] else median <= bound
-    return "met" if met else "missed"
+
+    def meets(ratio: float) -> bool:
+        return ratio >= bound if HIGHER_IS_BETTER[metric] else ratio <= bound
+
+    verdict = "met" if meets(statistics.median(found)) else "missed"
+    return f"{verdict} ({sum(map(meets, found))}/{len(found)} rounds)"
 
 
 def goals(run: Run) -> list[str]:
-    lines = ["| goal | ratio, median (min–max) over rounds | verdict |", "|---|---|---|"]
+    lines = [
+        "| goal | ratio, median (min–max) over rounds | verdict (rounds meeting it) |",
+        "|---|---|---|",
+    ]
     for text, metric, subject, peer, bound in GOALS:
         found = ratios(run, metric, subject, peer)
         lines.append(f"| {text} | {spread(found, '{:.2f}')} | {_verdict(found, metric, bound)} |")
