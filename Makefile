@@ -9,7 +9,7 @@ PORT ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 export BENTOML_CONFIG := $(CURDIR)/configuration.yaml
 
-.PHONY: serve test lint train bento clean
+.PHONY: serve test lint train bento clean bench
 
 # The venv is rebuilt whenever a pin changes.
 $(BIN)/.installed: requirements.txt requirements-dev.txt
@@ -32,6 +32,16 @@ test: lint
 
 bento: $(BIN)/.installed
 	$(BIN)/bentoml build
+
+# The benchmark of issue 4 (bench/README.md): `make bench`, or `make bench BENCH_ARGS=--quick`.
+BENCH_VENV := bench/.venvs/harness
+$(BENCH_VENV)/.installed: bench/requirements/harness.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

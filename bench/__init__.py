@@ -1,0 +1,1 @@
+"""Benchmark of the Iris service against its peers (issue 4); `make bench` runs it."""
