@@ -30,6 +30,11 @@ REQUEST_ID_HEADER: Final = b"x-request-id"
 # A client's request id is echoed when it is short and printable; otherwise a new one is made.
 _VALID_REQUEST_ID: Final = re.compile(rb"[\x21-\x7e]{1,128}")
 _JSON_MEDIA_TYPE: Final = re.compile(rb"application/([\w.+-]+\+)?json")
+SEND_JSON: Final = "send the body as JSON with Content-Type: application/json"
+
+
+def too_large(limit: int) -> str:
+    return f"the body exceeds the limit of {limit} bytes"
 
 
 def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
@@ -78,7 +83,7 @@ def contract_details(status: int, body: bytes, request_id: str) -> tuple[int, An
     if status == 405:
         return status, "this endpoint does not accept this method"
     if status == 415:
-        return status, "send the body as JSON with Content-Type: application/json"
+        return status, SEND_JSON
     if isinstance(payload, list | dict):
         return status, None  # a framework's own JSON shape: its wording is not ours to pass on
     text = body.decode(errors="replace").strip()
@@ -120,7 +125,7 @@ class _Exchange:
             await self._send(message)
 
     def _too_large_body(self) -> bytes:
-        return error_body(413, f"the body exceeds the limit of {self.max_body_bytes} bytes")
+        return error_body(413, too_large(self.max_body_bytes))
 
     async def send_failure(self) -> None:
         """The answer when the app raised: 413 if it was reading an oversized body, else 500."""
@@ -176,12 +181,12 @@ class RequestMiddleware:
             return 429, f"this worker is at its limit of {self._limits.max_in_flight} requests"
         length = _header(headers, b"content-length")
         if length is not None and length.isdigit() and int(length) > self._limits.max_body_bytes:
-            return 413, f"the body exceeds the limit of {self._limits.max_body_bytes} bytes"
+            return 413, too_large(self._limits.max_body_bytes)
         has_body = length not in (None, b"0") or _header(headers, b"transfer-encoding") is not None
         if has_body:
             media_type = (_header(headers, b"content-type") or b"").split(b";")[0].strip()
             if not _JSON_MEDIA_TYPE.fullmatch(media_type.lower()):
-                return 415, "send the body as JSON with Content-Type: application/json"
+                return 415, SEND_JSON
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
