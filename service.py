@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from iris_bento.auth import ApiKeyMiddleware
 from iris_bento.batching import MicroBatcher
+from iris_bento.bentoml_fixes import fix_timeout_middleware
 from iris_bento.errors import ApiError
 from iris_bento.features import CLASS_NAMES, FEATURE_NAMES, MODEL_NAME, PIPELINE_FILE
 from iris_bento.http import RequestMiddleware
@@ -88,6 +89,7 @@ class IrisClassifier:
 
     def __init__(self) -> None:
         configure_json_logging()
+        fix_timeout_middleware()
         settings = project_settings()
         metadata = self.model_ref.info.metadata
         if tuple(metadata.get("feature_names", FEATURE_NAMES)) != FEATURE_NAMES:
