@@ -12,6 +12,7 @@ from helpers import API_KEYS, example
 from sklearn.datasets import load_iris
 
 from iris_bento.features import CLASS_NAMES, FEATURE_NAMES
+from iris_bento.schemas import BatchPrediction, Prediction
 
 JSON = {"content-type": "application/json"}
 # What must never reach a client: tracebacks, source paths, version numbers; and in error bodies,
@@ -87,6 +88,7 @@ def test_predict_example(client: Any, auth: dict[str, str], model_tag: str) -> N
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"id", "label", "probability", "probabilities", "model_version"}
+    assert Prediction.model_validate_json(response.content).model_dump() == body
     assert body["id"] == "r1"
     assert body["label"] == "setosa"
     assert body["model_version"] == model_tag.split(":")[1]
@@ -110,6 +112,7 @@ def test_named_features_equal_the_same_list(client: Any, auth: dict[str, str]) -
 def test_batch_predict_example_keeps_order(client: Any, auth: dict[str, str]) -> None:
     response = post(client, "/batch_predict", example("batch_predict"), auth)
     assert response.status_code == 200
+    assert BatchPrediction.model_validate_json(response.content).model_dump() == response.json()
     results = response.json()["results"]
     assert [r["id"] for r in results] == ["a", "b", "c"]
     assert [r["label"] for r in results] == ["setosa", "versicolor", "virginica"]
