@@ -73,9 +73,16 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path)
 
 @contextmanager
 def start_server(
-    target: list[str], cwd: Path, log_dir: Path, env: dict[str, str] | None = None
+    target: list[str],
+    cwd: Path,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    command: list[str] | None = None,
 ) -> Iterator[RunningServer]:
-    """`bentoml serve TARGET` on a free loopback port; stopped by PID when the block ends."""
+    """`bentoml serve TARGET` on a free loopback port; stopped by PID when the block ends.
+
+    `command` replaces `bentoml serve TARGET` with a launcher that reads HOST and PORT, as
+    `scripts/serve.sh` does."""
     port = free_port()
     log_path = log_dir / f"serve-{port}.log"
     # A home of its own (sharing the model and Bento stores): BentoML empties the Prometheus
@@ -86,12 +93,21 @@ def start_server(
         shared = Path(os.environ["BENTOML_HOME"]) / store
         shared.mkdir(parents=True, exist_ok=True)
         (home / store).symlink_to(shared)
+    address = ["--host", "127.0.0.1", "--port", str(port)]
+    argv = command or [str(BIN / "bentoml"), "serve", *target, *address]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [str(BIN / "bentoml"), "serve", *target, "--host", "127.0.0.1", "--port", str(port)],
+            argv,
             cwd=cwd,
             # Unbuffered, as in BentoML's image: log lines reach the file as they are written.
-            env={**os.environ, "BENTOML_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={
+                **os.environ,
+                "BENTOML_HOME": str(home),
+                "PYTHONUNBUFFERED": "1",
+                "HOST": "127.0.0.1",
+                "PORT": str(port),
+                **(env or {}),
+            },
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
