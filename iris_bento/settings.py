@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     model_validator,
@@ -54,9 +55,17 @@ class LimitSettings(_Section):
     request_timeout_s: PositiveFloat = 20.0
 
 
+class ConnectionSettings(_Section):
+    """How long a keep-alive connection lives (see `iris_bento.http.RequestMiddleware`)."""
+
+    # Requests per connection on average; 0 keeps connections open for as long as clients do.
+    mean_requests: NonNegativeInt = 100
+
+
 class ProjectSettings(_Section):
     batching: BatchingSettings = BatchingSettings()
     limits: LimitSettings = LimitSettings()
+    connections: ConnectionSettings = ConnectionSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> ProjectSettings:

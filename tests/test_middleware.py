@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from iris_bento.auth import PUBLIC_PATHS, ApiKeyMiddleware
 from iris_bento.http import RequestMiddleware, field_path
 from iris_bento.settings import (
     BatchingSettings,
+    ConnectionSettings,
     LimitSettings,
     MissingApiKeysError,
     ProjectSettings,
@@ -272,6 +274,34 @@ def test_in_flight_limit_is_429_but_never_for_probes() -> None:
 def test_request_id_echo_rules(sent: str, kept: bool) -> None:
     _, headers, _ = call(stack(), headers={**AUTH, "x-request-id": sent})
     assert (headers["x-request-id"] == sent) is kept
+
+
+def closing_answers(mean_requests: int, requests: int, path: str = "/p") -> int:
+    """How many of `requests` answers told the client to close its connection."""
+    app = RequestMiddleware(
+        ApiKeyMiddleware(bare_app(), keys=KEYS),
+        connections=ConnectionSettings(mean_requests=mean_requests),
+        chance=random.Random(7),  # noqa: S311 (a fixed seed: the same draws every run)
+    )
+
+    async def scenario() -> int:
+        answers = [await asgi_request(app, path=path, headers=AUTH) for _ in range(requests)]
+        return sum(headers.get("connection") == "close" for _, headers, _ in answers)
+
+    return asyncio.run(scenario())
+
+
+def test_connections_end_after_mean_requests_on_average() -> None:
+    assert 400 <= closing_answers(mean_requests=4, requests=2000) <= 600
+
+
+def test_every_answer_closes_with_one_request_per_connection_even_errors() -> None:
+    assert closing_answers(mean_requests=1, requests=20) == 20
+    assert closing_answers(mean_requests=1, requests=20, path="/nowhere") == 20
+
+
+def test_connections_stay_open_when_mean_requests_is_zero() -> None:
+    assert closing_answers(mean_requests=0, requests=500) == 0
 
 
 def test_error_locations_read_like_paths() -> None:

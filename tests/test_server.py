@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from typing import Any
@@ -118,6 +119,31 @@ def test_bentoml_client_with_a_token(server: RunningServer) -> None:
         result = client.predict(id="sdk", features=[6.9, 3.1, 5.8, 2.2])
     answer = result if isinstance(result, dict) else result.model_dump()
     assert (answer["id"], answer["label"]) == ("sdk", "virginica")
+
+
+def read_answer(connection: socket.socket) -> bytes:
+    """One HTTP/1.1 answer with a Content-Length body, read off a raw socket; returns its head."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += connection.recv(4096)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += connection.recv(4096)
+    return head.lower()
+
+
+def test_the_server_ends_keep_alive_connections_now_and_then(server: RunningServer) -> None:
+    """`connections.mean_requests` (100): some answer says `Connection: close`, then it closes."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        for _ in range(2000):
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: iris\r\n\r\n")
+            if b"\r\nconnection: close" in read_answer(connection):
+                break
+        else:
+            pytest.fail("2000 answers on one connection, none closing it")
+        assert connection.recv(1) == b"", "the server said close but kept the connection open"
 
 
 def test_logs_are_json_lines_without_feature_values(server: RunningServer) -> None:
