@@ -98,6 +98,11 @@ GOALS = (
 # Ratios reported without a goal: (text, metric, subject, peer).
 RATIOS = (
     ("`/predict` c=64 req/s, project / bare ASGI ceiling", "c64_rps", "project", "bare-asgi"),
+    ("`/predict` c=64 req/s, project / BentoML ceiling", "c64_rps", "project", "bentoml-ceiling"),
+    ("CPU per `/predict`, project / BentoML ceiling", "cpu_us", "project", "bentoml-ceiling"),
+    ("`/predict` c=64 req/s, BentoML ceiling / FastAPI", "c64_rps", "bentoml-ceiling", "fastapi"),
+    ("CPU per `/predict`, BentoML ceiling / FastAPI", "cpu_us", "bentoml-ceiling", "fastapi"),
+    ("`/predict` c=1 p50, BentoML ceiling / FastAPI", "c1_p50", "bentoml-ceiling", "fastapi"),
     ("`/predict` c=64 req/s, project / MLServer", "c64_rps", "project", "mlserver"),
     ("`/predict` c=64 req/s, FastAPI / textbook BentoML", "c64_rps", "fastapi", "bentoml"),
 )

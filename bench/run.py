@@ -109,6 +109,7 @@ def lineup(
     if servers.project_ready():
         chosen.append(servers.project("project", "project (iris-bento)", {}))
         chosen.append(servers.project("project-nobatch", "project, batching off", batching_off))
+        chosen.append(servers.bentoml_ceiling())
         if estimator:
             home = {"BENTOML_HOME": str(servers.VENVS / "run" / f"project-{estimator}")}
             off = home | batching_off

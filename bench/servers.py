@@ -121,6 +121,23 @@ def project(name: str, label: str, env: dict[str, str], note: str = "") -> Serve
     return Server(name, label, ("make", "--no-print-directory", "serve"), env=env, note=note)
 
 
+def bentoml_ceiling() -> Server:
+    """BentoML's request path alone (bench/peers/bentoml_ceiling.py), in the project's venv."""
+    return Server(
+        "bentoml-ceiling",
+        "BentoML (ceiling)",
+        (
+            *(str(REPO / ".venv" / "bin" / "bentoml"), "serve"),
+            *("bench.peers.bentoml_ceiling:BentoMLCeiling", "--host", "127.0.0.1"),
+            *("--port", "{port}"),
+        ),
+        health="/readyz",
+        protocol="fixed",
+        env={"BENTOML_CONFIG": str(REPO / "configuration.yaml"), "BENTOML_DO_NOT_TRACK": "true"},
+        note="fixed answer from `@bentoml.api`, configured as the project",
+    )
+
+
 def project_ready() -> bool:
     """Whether this checkout has the service that `make serve` runs."""
     return (REPO / "service.py").exists() and (REPO / "scripts" / "serve.sh").exists()
