@@ -195,8 +195,10 @@ class RequestMiddleware:
         chance: random.Random | None = None,
     ) -> None:
         self.app = app
-        self._limits = limits or project_settings().limits
-        mean_requests = (connections or project_settings().connections).mean_requests
+        self._limits = limits if limits is not None else project_settings().limits
+        if connections is None:
+            connections = project_settings().connections
+        mean_requests = connections.mean_requests
         self._close_probability = 1 / mean_requests if mean_requests else 0.0
         self._chance = chance or random.Random()  # noqa: S311 (spreading load, not a secret)
         self._in_flight = 0

@@ -8,6 +8,7 @@ the only module that reads BentoML's configuration container.
 from __future__ import annotations
 
 import os
+from functools import cache
 from typing import Any, Final
 
 from bentoml._internal.configuration.containers import BentoMLContainer
@@ -86,8 +87,11 @@ def _service_config() -> dict[str, Any]:
     return BentoMLContainer.config.services[SERVICE_NAME].get() or {}
 
 
+@cache
 def project_settings() -> ProjectSettings:
-    """The project's section of the loaded BentoML configuration, validated."""
+    """The project's section of the loaded BentoML configuration, validated once: the
+    configuration is fixed for the life of a process, and `/batch_predict` reads its limit
+    on every request."""
     return ProjectSettings.model_validate(_service_config().get(SETTINGS_KEY, {}))
 
 
