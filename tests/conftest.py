@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import API_KEYS, ROOT, RunningServer, start_server
+from helpers import API_KEYS, ROOT, RunningServer, bentoml_serve, start_server
 
 # Everything BentoML does in this test process uses a throw-away home and the project's runtime
 # configuration; set before anything imports bentoml.
@@ -73,6 +73,6 @@ def auth() -> dict[str, str]:
 def server(model_tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """`bentoml serve service:IrisClassifier` on a free port, stopped with SIGTERM afterwards."""
     with start_server(
-        ["service:IrisClassifier"], cwd=ROOT, log_dir=tmp_path_factory.mktemp("server")
+        bentoml_serve("service:IrisClassifier"), cwd=ROOT, log_dir=tmp_path_factory.mktemp("server")
     ) as running:
         yield running

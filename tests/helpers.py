@@ -71,18 +71,18 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path)
     raise TimeoutError(f"server not ready in {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
 
 
+def bentoml_serve(target: str) -> list[str]:
+    """`bentoml serve TARGET`, for `start_server`."""
+    return [str(BIN / "bentoml"), "serve", target]
+
+
 @contextmanager
 def start_server(
-    target: list[str],
-    cwd: Path,
-    log_dir: Path,
-    env: dict[str, str] | None = None,
-    command: list[str] | None = None,
+    command: list[str], cwd: Path, log_dir: Path, env: dict[str, str] | None = None
 ) -> Iterator[RunningServer]:
-    """`bentoml serve TARGET` on a free loopback port; stopped by PID when the block ends.
-
-    `command` replaces `bentoml serve TARGET` with a launcher that reads HOST and PORT, as
-    `scripts/serve.sh` does."""
+    """`command` on a free loopback port; stopped by PID when the block ends. The address goes
+    in the environment, read by `bentoml serve` (BENTOML_HOST, BENTOML_PORT) and by
+    `scripts/serve.sh` (HOST, PORT)."""
     port = free_port()
     log_path = log_dir / f"serve-{port}.log"
     # A home of its own (sharing the model and Bento stores): BentoML empties the Prometheus
@@ -93,32 +93,31 @@ def start_server(
         shared = Path(os.environ["BENTOML_HOME"]) / store
         shared.mkdir(parents=True, exist_ok=True)
         (home / store).symlink_to(shared)
-    address = ["--host", "127.0.0.1", "--port", str(port)]
-    argv = command or [str(BIN / "bentoml"), "serve", *target, *address]
+    address = {"HOST": "127.0.0.1", "PORT": str(port)}
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            argv,
+            command,
             cwd=cwd,
             # Unbuffered, as in BentoML's image: log lines reach the file as they are written.
             env={
                 **os.environ,
                 "BENTOML_HOME": str(home),
                 "PYTHONUNBUFFERED": "1",
-                "HOST": "127.0.0.1",
-                "PORT": str(port),
+                **address,
+                **{f"BENTOML_{name}": value for name, value in address.items()},
                 **(env or {}),
             },
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}"
+    running = RunningServer(f"http://127.0.0.1:{port}", process, log_path)
     try:
-        wait_until_ready(url, process, log_path)
-        yield RunningServer(url, process, log_path)
+        wait_until_ready(running.url, process, log_path)
+        yield running
     finally:
         if process.poll() is None:
-            RunningServer(url, process, log_path).stop()
+            running.stop()
 
 
 async def asgi_request(

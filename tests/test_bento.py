@@ -9,7 +9,7 @@ from typing import Any
 import bentoml
 import pytest
 import requests
-from helpers import API_KEYS, BIN, ROOT, example, start_server
+from helpers import API_KEYS, BIN, ROOT, bentoml_serve, example, start_server
 
 pytestmark = pytest.mark.bento
 
@@ -35,7 +35,10 @@ def test_the_bento_packs_the_model_and_only_the_serving_code(
 def test_the_built_bento_serves_the_contract(bento_tag: str, tmp_path: Any) -> None:
     config = Path(bentoml.get(bento_tag).path) / "src" / "configuration.yaml"
     with start_server(
-        [bento_tag], cwd=tmp_path, log_dir=tmp_path, env={"BENTOML_CONFIG": str(config)}
+        bentoml_serve(bento_tag),
+        cwd=tmp_path,
+        log_dir=tmp_path,
+        env={"BENTOML_CONFIG": str(config)},
     ) as running:
         headers = {"x-api-key": API_KEYS[0]}
         answer = requests.post(f"{running.url}/predict", json=example("predict"), headers=headers)

@@ -24,7 +24,7 @@ def script_env(**overrides: str) -> dict[str, str]:
 
 
 def test_the_stored_model_is_served_without_training(model_tag: str, tmp_path: Path) -> None:
-    with start_server([], ROOT, tmp_path, env=script_env(), command=SCRIPT) as running:
+    with start_server(SCRIPT, ROOT, tmp_path, env=script_env()) as running:
         health = requests.get(f"{running.url}/health", timeout=5).json()
         output = "\n".join(running.log_lines())
     assert health["model_version"] == model_tag.split(":")[1]
@@ -34,7 +34,7 @@ def test_the_stored_model_is_served_without_training(model_tag: str, tmp_path: P
 def test_an_empty_store_is_trained_first(model_tag: str, tmp_path: Path) -> None:
     empty_home = tmp_path / "empty-home"
     env = script_env(BENTOML_HOME=str(empty_home))
-    with start_server([], ROOT, tmp_path, env=env, command=SCRIPT) as running:
+    with start_server(SCRIPT, ROOT, tmp_path, env=env) as running:
         health = requests.get(f"{running.url}/health", timeout=5).json()
         output = "\n".join(running.log_lines())
     assert TRAINING in output
@@ -45,9 +45,7 @@ def test_without_keys_a_development_key_is_printed_and_works(
     model_tag: str, tmp_path: Path
 ) -> None:
     env = script_env()
-    with start_server(
-        [], ROOT, tmp_path, env=env, command=["env", "-u", "IRIS_API_KEYS", *SCRIPT]
-    ) as running:
+    with start_server(["env", "-u", "IRIS_API_KEYS", *SCRIPT], ROOT, tmp_path, env=env) as running:
         banner = "\n".join(running.log_lines())
         key = re.search(r"development key \(in \.dev-api-key\)\s+(\S+)", banner)
         assert key, banner

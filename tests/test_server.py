@@ -17,7 +17,16 @@ import bentoml
 import numpy as np
 import pytest
 import requests
-from helpers import API_KEYS, BIN, ROOT, RunningServer, example, free_port, start_server
+from helpers import (
+    API_KEYS,
+    BIN,
+    ROOT,
+    RunningServer,
+    bentoml_serve,
+    example,
+    free_port,
+    start_server,
+)
 from sklearn.datasets import load_iris
 
 from iris_bento.features import CLASS_NAMES
@@ -171,7 +180,9 @@ def test_logs_are_json_lines_without_feature_values(server: RunningServer) -> No
 
 
 def test_sigterm_stops_every_process_cleanly(model_tag: str, tmp_path: Any) -> None:
-    with start_server(["service:IrisClassifier"], cwd=ROOT, log_dir=tmp_path) as running:
+    with start_server(
+        bentoml_serve("service:IrisClassifier"), cwd=ROOT, log_dir=tmp_path
+    ) as running:
         requests.post(f"{running.url}/predict", json=example("predict"), headers=AUTH)
         started = time.monotonic()
         assert running.stop() == 0
