@@ -12,10 +12,10 @@ import gc
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import bentoml
-import joblib
 import numpy as np
 from pydantic_core import to_json
 from starlette.applications import Starlette
@@ -28,8 +28,9 @@ from iris_bento.auth import ApiKeyMiddleware
 from iris_bento.batching import MicroBatcher
 from iris_bento.bentoml_fixes import fix_timeout_middleware
 from iris_bento.errors import ApiError
-from iris_bento.features import CLASS_NAMES, FEATURE_NAMES, MODEL_NAME, PIPELINE_FILE
+from iris_bento.features import CLASS_NAMES, FEATURE_NAMES, MODEL_NAME
 from iris_bento.http import RequestMiddleware
+from iris_bento.inference import load_predict_proba
 from iris_bento.logs import configure_json_logging
 from iris_bento.schemas import (
     BatchPrediction,
@@ -98,10 +99,10 @@ class IrisClassifier:
                 f"{self.model_ref.tag} was trained on features {metadata['feature_names']}, "
                 f"the service sends {list(FEATURE_NAMES)}"
             )
-        self.pipeline = joblib.load(self.model_ref.path_of(PIPELINE_FILE))
+        predict_proba, inference = load_predict_proba(Path(self.model_ref.path))
         self.model_version = self.model_ref.tag.version or ""
         self.classes = tuple(metadata.get("class_names", CLASS_NAMES))
-        self.batcher = MicroBatcher(self.pipeline.predict_proba, settings.batching)
+        self.batcher = MicroBatcher(predict_proba, settings.batching)
         self.health_body = (
             Health(
                 status="ok",
@@ -121,6 +122,7 @@ class IrisClassifier:
             "service ready",
             extra={
                 "model_tag": str(self.model_ref.tag),
+                "inference": inference,
                 "workers": worker_count(),
                 "batching": settings.batching.model_dump(),
                 "limits": settings.limits.model_dump(),

@@ -196,12 +196,14 @@ def table(run: Run) -> list[str]:
         cells += [_errors(run, name), spread(_others(run, name), "{:.0f}"), info["note"]]
         lines.append("| " + " | ".join(cells) + " |")
     compute = [r["compute"] for r in run["rounds"] if r.get("compute")]
-    if compute:
-        one = spread([c["rows_1_us"] for c in compute], "{:,.0f}")
-        many = spread([c["rows_1000_us"] for c in compute], "{:,.0f}")
+    for prefix, implementation in (("", "scikit-learn"), ("numpy_", "numpy (the project's)")):
+        if not compute or f"{prefix}rows_1_us" not in compute[0]:
+            continue
+        one = spread([c[f"{prefix}rows_1_us"] for c in compute], "{:,.1f}")
+        many = spread([c[f"{prefix}rows_1000_us"] for c in compute], "{:,.1f}")
         lines.append(
-            f"| model compute (ceiling) | `predict_proba`, in-process: 1 row {one} µs, "
-            f"1000 rows {many} µs |" + " |" * (len(headers) - 2)
+            f"| model compute (ceiling) | {implementation} `predict_proba`, in-process: "
+            f"1 row {one} µs, 1000 rows {many} µs |" + " |" * (len(headers) - 2)
         )
     return lines
 

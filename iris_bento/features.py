@@ -8,5 +8,7 @@ CLASS_NAMES: Final = ("setosa", "versicolor", "virginica")
 # A plausible physical range for every measurement, in centimetres.
 MIN_CM: Final = 0.0
 MAX_CM: Final = 100.0
-# The file inside the model store entry that holds the fitted pipeline.
+# The files inside a model store entry: the fitted pipeline, and, for a logistic regression, its
+# arrays for the numpy path (see iris_bento.inference).
 PIPELINE_FILE: Final = "pipeline.joblib"
+LINEAR_FILE: Final = "softmax_linear.npz"

@@ -171,6 +171,7 @@ def test_logs_are_json_lines_without_feature_values(server: RunningServer) -> No
     assert len(ready) == 2, "one start-up line per worker"
     assert {"model_tag", "workers", "config_file"} <= set(ready[0])
     assert ready[0]["workers"] == 2
+    assert ready[0]["inference"] == "numpy"
     assert len(logged) == 1
     request = logged[0]
     assert (request["path"], request["status"]) == ("/predict", 200)
