@@ -81,19 +81,26 @@ class MicroBatcher:
         pending = _Pending(rows, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._queued_rows += len(rows)
+        if not self._settings.run_in_thread:
+            # An inline model call blocks the loop, so no deadline could interrupt it, and the
+            # wait before it is at most `max_wait_ms`: a timer here would only cost time.
+            return await self._join(pending)
         try:
             async with asyncio.timeout(self._settings.timeout_s):
-                # Let every request of this event-loop pass join the queue; the first caller to
-                # resume computes the whole queue, and the others find their rows done when they
-                # resume in the same pass.
-                await asyncio.sleep(self._settings.max_wait_ms / 1000)
-                if not pending.future.done() and not self._draining:
-                    await self._drain()
-                return await pending.future
+                return await self._join(pending)
         except TimeoutError:
             raise TimedOut(
                 f"the model did not answer within {self._settings.timeout_s:g} s"
             ) from None
+
+    async def _join(self, pending: _Pending) -> np.ndarray:
+        """Let every request of this event-loop pass join the queue; the first caller to resume
+        computes the whole queue, and the others find their rows done when they resume in the
+        same pass."""
+        await asyncio.sleep(self._settings.max_wait_ms / 1000)
+        if not pending.future.done() and not self._draining:
+            await self._drain()
+        return await pending.future
 
     def close(self) -> None:
         """Stop the model thread (on worker shutdown)."""

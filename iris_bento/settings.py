@@ -46,6 +46,13 @@ class BatchingSettings(_Section):
     max_queue_rows: PositiveInt = 16384
     timeout_s: PositiveFloat = 10.0
 
+    @model_validator(mode="after")
+    def _wait_within_deadline(self) -> BatchingSettings:
+        """An inline model call is not timed (iris_bento.batching): its wait must be shorter."""
+        if self.max_wait_ms >= self.timeout_s * 1000:
+            raise ValueError("batching.max_wait_ms must be below batching.timeout_s")
+        return self
+
 
 class LimitSettings(_Section):
     """Bounds that protect a worker from one client: 400, 413 and 429 come from these."""

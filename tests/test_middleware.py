@@ -321,6 +321,8 @@ def test_settings_that_cannot_work_are_refused() -> None:
         ProjectSettings(
             limits=LimitSettings(request_timeout_s=5), batching=BatchingSettings(timeout_s=5)
         )
+    with pytest.raises(ValueError, match="max_wait_ms"):
+        BatchingSettings(max_wait_ms=2000, timeout_s=2)
 
 
 def test_project_deadlines_answer_before_bentomls_own() -> None:
