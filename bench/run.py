@@ -32,6 +32,8 @@ POINTS = (
     ("batch c=4", "batch", 4),
 )
 VARIANT_POINTS = POINTS[2:3]
+# What `train.py` trains by default, and so what the project serves.
+DEFAULT_ESTIMATOR = "logistic_regression"
 
 # The environment that switches the project's adaptive batching off, for the on/off comparison
 # ("project-nobatch"): the service reads `services.IrisClassifier.iris.batching.enabled` from
@@ -107,11 +109,13 @@ def lineup(
     """Peers, then the project and its variants when this checkout has it."""
     chosen = list(servers.PEERS)
     if servers.project_ready():
-        chosen.append(servers.project("project", "project (iris-bento)", {}))
-        chosen.append(servers.project("project-nobatch", "project, batching off", batching_off))
+        home = model_home(DEFAULT_ESTIMATOR)
+        off = home | batching_off
+        chosen.append(servers.project("project", "project (iris-bento)", home))
+        chosen.append(servers.project("project-nobatch", "project, batching off", off))
         chosen.append(servers.bentoml_ceiling())
         if estimator:
-            home = {"BENTOML_HOME": str(servers.VENVS / "run" / f"project-{estimator}")}
+            home = model_home(estimator)
             off = home | batching_off
             chosen += [
                 servers.project(f"project-{estimator}", f"project, {estimator}", home),
@@ -124,23 +128,31 @@ def lineup(
     return [s for s in chosen if only is None or s.name in only]
 
 
-def prepare_project(server: Server, estimator: str | None) -> None:
+def model_home(estimator: str) -> dict[str, str]:
+    """The benchmark's own model store for an estimator: results never depend on what the
+    user's store holds, and every run serves a model that this checkout's train.py made."""
+    return {"BENTOML_HOME": str(servers.VENVS / "run" / f"project-{estimator}")}
+
+
+def prepare_project(server: Server, untrained: dict[str, str]) -> None:
     """First start of a project variant outside the measurement: venv, model, caches.
 
-    A variant with its own model store gets the heavier estimator trained into it first.
+    `untrained` maps the model stores still to fill in this run to their estimator; the first
+    variant of each store trains it afresh.
     """
     home = server.env.get("BENTOML_HOME")
-    if estimator and home and not (Path(home) / "models").exists():
+    if home in untrained:
+        shutil.rmtree(home, ignore_errors=True)
         subprocess.run(
             ["make", "--no-print-directory", ".venv/bin/.installed"], cwd=REPO, check=True
         )
-        env = servers.environment(server, 0)
         subprocess.run(
-            [str(REPO / ".venv" / "bin" / "python"), "train.py", "--estimator", estimator],
+            [str(REPO / ".venv" / "bin" / "python"), "train.py", "--estimator", untrained[home]],
             cwd=REPO,
-            env=env,
+            env=servers.environment(server, 0),
             check=True,
         )
+        del untrained[home]
     running = servers.start(server, RAW / "logs" / f"{server.name}-prepare.log")
     try:
         servers.wait_healthy(running, timeout=900)
@@ -244,12 +256,15 @@ def main(argv: list[str] | None = None) -> None:
     chosen = lineup(only, batching_off, estimator)
 
     ensure_wrk()
+    untrained = {
+        model_home(name)["BENTOML_HOME"]: name for name in (DEFAULT_ESTIMATOR, estimator) if name
+    }
     for server in chosen:
         print(f"[bench] preparing {server.name}", flush=True)
         if server.venv:
             servers.prepare(server)
         else:
-            prepare_project(server, estimator)
+            prepare_project(server, untrained)
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     paths = payloads.write_bodies(RAW / "bodies")
