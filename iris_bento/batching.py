@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import TYPE_CHECKING
@@ -24,12 +23,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from iris_bento.errors import Overloaded, TimedOut
+from iris_bento.inference import PredictProba
 from iris_bento.settings import BatchingSettings
 
 if TYPE_CHECKING:
     from prometheus_client import Histogram
-
-Infer = Callable[[np.ndarray], np.ndarray]
 
 
 @cache
@@ -59,7 +57,7 @@ class _Pending:
 class MicroBatcher:
     """Coalesces concurrent `infer` calls into few model calls; never splits one request."""
 
-    def __init__(self, infer: Infer, settings: BatchingSettings) -> None:
+    def __init__(self, infer: PredictProba, settings: BatchingSettings) -> None:
         self._infer = infer
         self._settings = settings
         self._queue: deque[_Pending] = deque()
@@ -81,26 +79,19 @@ class MicroBatcher:
         pending = _Pending(rows, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._queued_rows += len(rows)
-        if not self._settings.run_in_thread:
-            # An inline model call blocks the loop, so no deadline could interrupt it, and the
-            # wait before it is at most `max_wait_ms`: a timer here would only cost time.
-            return await self._join(pending)
         try:
             async with asyncio.timeout(self._settings.timeout_s):
-                return await self._join(pending)
+                # Let every request of this event-loop pass join the queue; the first caller to
+                # resume computes the whole queue, and the others find their rows done when they
+                # resume in the same pass.
+                await asyncio.sleep(self._settings.max_wait_ms / 1000)
+                if not pending.future.done() and not self._draining:
+                    await self._drain()
+                return await pending.future
         except TimeoutError:
             raise TimedOut(
                 f"the model did not answer within {self._settings.timeout_s:g} s"
             ) from None
-
-    async def _join(self, pending: _Pending) -> np.ndarray:
-        """Let every request of this event-loop pass join the queue; the first caller to resume
-        computes the whole queue, and the others find their rows done when they resume in the
-        same pass."""
-        await asyncio.sleep(self._settings.max_wait_ms / 1000)
-        if not pending.future.done() and not self._draining:
-            await self._drain()
-        return await pending.future
 
     def close(self) -> None:
         """Stop the model thread (on worker shutdown)."""
@@ -120,9 +111,9 @@ class MicroBatcher:
 
     async def _run(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
         """One model call for the whole batch; its failure is every caller's failure."""
-        rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
-        self._batch_rows.observe(len(rows))
         try:
+            rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
+            self._batch_rows.observe(len(rows))
             output = (
                 await loop.run_in_executor(self._executor, self._infer, rows)
                 if self._settings.run_in_thread

@@ -48,7 +48,7 @@ class BatchingSettings(_Section):
 
     @model_validator(mode="after")
     def _wait_within_deadline(self) -> BatchingSettings:
-        """An inline model call is not timed (iris_bento.batching): its wait must be shorter."""
+        """A wait for fuller batches as long as the deadline would time out every request."""
         if self.max_wait_ms >= self.timeout_s * 1000:
             raise ValueError("batching.max_wait_ms must be below batching.timeout_s")
         return self

@@ -122,6 +122,18 @@ def test_a_model_failure_reaches_every_caller_of_the_batch_only() -> None:
     np.testing.assert_array_equal(after, np.ones((1, 4)))
 
 
+@pytest.mark.parametrize("run_in_thread", [False, True])
+def test_a_batch_that_cannot_be_assembled_fails_every_caller_at_once(run_in_thread: bool) -> None:
+    model = SlowModel(pause_s=0.0)
+    settings = BatchingSettings(run_in_thread=run_in_thread, timeout_s=5)
+    started = time.monotonic()
+    # Rows of different widths cannot be stacked into one model input.
+    results = run_concurrently(MicroBatcher(model, settings), [np.ones((1, 4)), np.ones((1, 3))])
+    assert all(isinstance(result, ValueError) for result in results), results
+    assert time.monotonic() - started < 1, "a caller waited for its deadline"
+    assert model.calls == []
+
+
 def test_callers_that_timed_out_are_not_computed() -> None:
     model = SlowModel(pause_s=0.2)
     batcher = MicroBatcher(model, BatchingSettings(timeout_s=0.1, run_in_thread=True))
