@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 PredictProba = Callable[[np.ndarray], np.ndarray]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SoftmaxLinearModel:
     """`softmax(((x - mean) / scale) @ coef.T + intercept)`, the pipeline's own arithmetic."""
 
@@ -32,6 +32,19 @@ class SoftmaxLinearModel:
     scale: np.ndarray
     coef: np.ndarray
     intercept: np.ndarray
+
+    def __post_init__(self) -> None:
+        """Arrays that disagree would broadcast into wrong answers instead of failing."""
+        classes, features = self.coef.shape
+        if not (
+            self.mean.shape == self.scale.shape == (features,)
+            and self.intercept.shape == (classes,)
+            and classes > 2
+        ):
+            raise ValueError(
+                f"inconsistent arrays: mean {self.mean.shape}, scale {self.scale.shape}, "
+                f"coef {self.coef.shape}, intercept {self.intercept.shape}"
+            )
 
     @classmethod
     def from_pipeline(cls, pipeline: Pipeline) -> SoftmaxLinearModel | None:
@@ -44,8 +57,8 @@ class SoftmaxLinearModel:
         if not (
             len(steps) == 2
             and isinstance(steps[0], StandardScaler)
-            and steps[0].mean_ is not None
-            and steps[0].scale_ is not None
+            and steps[0].with_mean  # otherwise `mean_` is fitted but never subtracted
+            and steps[0].with_std
             and isinstance(steps[1], LogisticRegression)
             and len(steps[1].classes_) > 2  # two classes would use a sigmoid, not a softmax
         ):

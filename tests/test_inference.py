@@ -10,6 +10,9 @@ import joblib
 import numpy as np
 import pytest
 from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 import train
 from iris_bento.features import LINEAR_FILE, MAX_CM, MIN_CM, PIPELINE_FILE
@@ -60,6 +63,34 @@ def test_other_estimators_are_served_by_their_pipeline(tmp_path: Path) -> None:
     assert inference == "scikit-learn"
     for rows in probe_rows():
         np.testing.assert_array_equal(predict_proba(rows), forest.predict_proba(rows))
+
+
+@pytest.mark.parametrize(
+    ("scaler", "classes"),
+    [
+        (StandardScaler(with_mean=False), 3),  # fits mean_ but never subtracts it
+        (StandardScaler(with_std=False), 3),
+        (StandardScaler(), 2),  # a sigmoid, not a softmax
+    ],
+    ids=["without-mean", "without-std", "two-classes"],
+)
+def test_pipelines_that_compute_otherwise_have_no_numpy_form(
+    scaler: StandardScaler, classes: int
+) -> None:
+    iris = load_iris()
+    keep = iris.target < classes
+    pipeline = make_pipeline(scaler, LogisticRegression(max_iter=1000))
+    pipeline.fit(iris.data[keep], iris.target[keep])
+    assert SoftmaxLinearModel.from_pipeline(pipeline) is None
+
+
+def test_arrays_that_do_not_fit_together_are_refused(pipeline: Any) -> None:
+    form = SoftmaxLinearModel.from_pipeline(pipeline)
+    assert form is not None
+    with pytest.raises(ValueError, match="inconsistent arrays"):
+        SoftmaxLinearModel(form.mean[:3], form.scale, form.coef, form.intercept)
+    with pytest.raises(ValueError, match="inconsistent arrays"):
+        SoftmaxLinearModel(form.mean, form.scale, form.coef, form.intercept[:2])
 
 
 def test_a_numpy_form_that_disagrees_is_not_stored(
