@@ -1,4 +1,4 @@
-"""A fix for BentoML 1.4.39's request deadline, applied by the service in each worker.
+"""A fix for BentoML's request deadline (1.4.39 and 1.4.40), applied by the service in each worker.
 
 BentoML wraps every request in `TimeoutMiddleware`, which arms `loop.call_later(traffic.timeout,
 ...)` and never cancels it: each request leaves a timer behind for `traffic.timeout` seconds,
