@@ -15,6 +15,7 @@ yield into a wait for fuller batches.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -24,6 +25,7 @@ import numpy as np
 
 from iris_bento.errors import Overloaded, TimedOut
 from iris_bento.inference import PredictProba
+from iris_bento.logs import RateLimitedWarning
 from iris_bento.settings import BatchingSettings
 
 if TYPE_CHECKING:
@@ -66,6 +68,9 @@ class MicroBatcher:
         # One thread, used only with `run_in_thread`: model calls stay serialised.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._batch_rows = batch_rows_histogram()
+        self._overloads = RateLimitedWarning(
+            logging.getLogger("iris_bento.batching"), "batching queue full: answering 503"
+        )
 
     async def infer(self, rows: np.ndarray) -> np.ndarray:
         """The model's output for `rows`, computed together with whatever else is queued."""
@@ -73,6 +78,9 @@ class MicroBatcher:
             self._batch_rows.observe(len(rows))
             return self._infer(rows)
         if self._queued_rows + len(rows) > self._settings.max_queue_rows:
+            self._overloads.warn(
+                queued_rows=self._queued_rows, max_queue_rows=self._settings.max_queue_rows
+            )
             raise Overloaded(
                 f"the batching queue holds {self._queued_rows} rows; retry in a moment"
             )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
@@ -36,3 +38,25 @@ def configure_json_logging() -> None:
                 handler.removeFilter(record_filter)
     logging.getLogger("bentoml._internal.server.http_app").addFilter(_not_a_client_error)
     logging.getLogger("iris_bento").setLevel(logging.INFO)
+
+
+class RateLimitedWarning:
+    """One WARNING line per `interval_s` at most for one kind of event, counting the events it
+    stands for: a flood of bad clients must not become a flood of log lines."""
+
+    def __init__(self, logger: logging.Logger, message: str, interval_s: float = 10.0) -> None:
+        self._logger = logger
+        self._message = message
+        self._interval_s = interval_s
+        self._last = -interval_s
+        self._events = 0
+
+    def warn(self, **fields: Any) -> None:
+        """Count one event; log it, with the count since the last line, unless one was logged
+        within the interval."""
+        self._events += 1
+        now = time.monotonic()
+        if now - self._last < self._interval_s:
+            return
+        self._logger.warning(self._message, extra={**fields, "events": self._events})
+        self._last, self._events = now, 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -69,11 +70,16 @@ def test_batches_respect_max_rows_and_never_split_a_request() -> None:
     assert all(size <= 8 for size in model.calls if size != 20)
 
 
-def test_a_full_queue_answers_overloaded() -> None:
+def test_a_full_queue_answers_overloaded_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
     settings = BatchingSettings(max_queue_rows=4)
-    results = run_concurrently(MicroBatcher(SlowModel(), settings), rows_of(10))
-    assert any(isinstance(result, Overloaded) for result in results)
+    with caplog.at_level(logging.WARNING, logger="iris_bento.batching"):
+        results = run_concurrently(MicroBatcher(SlowModel(), settings), rows_of(10))
+    overloads = sum(isinstance(result, Overloaded) for result in results)
+    assert overloads > 1
     assert any(isinstance(result, np.ndarray) for result in results)
+    # A flood of 503s is one line (rate limited), not one line each.
+    assert [record.levelname for record in caplog.records] == ["WARNING"]
+    assert caplog.records[0].queued_rows >= 1
 
 
 def test_a_late_model_answers_timed_out_and_the_batcher_recovers() -> None:
