@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 
 import pytest
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from helpers import asgi_request
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from iris_bento.bentoml_fixes import _deadline_until_response_starts, fix_timeout_middleware
+from iris_bento import bentoml_fixes
+from iris_bento.bentoml_fixes import (
+    UNMATCHED_ROUTE,
+    RouteLabels,
+    _deadline_until_response_starts,
+    fix_timeout_middleware,
+)
 
 BENTOML_CALL = TimeoutMiddleware.__call__
 
@@ -101,3 +110,35 @@ def test_lifespan_passes_through() -> None:
 
     asyncio.run(fixed(lifespan, timeout=30)({"type": "lifespan"}, nothing, discard))
     assert seen == ["lifespan"]
+
+
+# --- request metrics labelled by route ---------------------------------------------------------
+
+
+def test_bentoml_still_labels_request_metrics_by_raw_path() -> None:
+    """When this fails, BentoML has changed how its request metrics take their `endpoint`
+    label: check whether made-up paths still add series, and drop or adapt the fix."""
+    source = inspect.getsource(bentoml_fixes._bentoml_metrics_call)
+    assert 'endpoint = scope["path"]' in source
+
+
+def test_route_labels_are_templates_and_unknown_paths_fold_into_one() -> None:
+    async def nothing(scope: Scope, receive: Receive, send: Send) -> None:
+        pass
+
+    health = Starlette(routes=[Route("/health", nothing)])
+    router = Router(
+        routes=[
+            Route("/predict", nothing, methods=["POST"]),
+            Route("/items/{item_id}", nothing),
+            Mount("/static_content", app=nothing),
+            Mount("/", app=health),
+        ]
+    )
+    labels = RouteLabels(router)
+    assert labels("/predict") == "/predict"
+    assert labels("/health") == "/health"
+    assert labels("/items/42") == "/items/{item_id}"
+    assert labels("/static_content/any/file.css") == "/static_content/{path:path}"
+    for made_up in ("/nope", "/predict/x", "/items", "/health2", "/../etc/passwd"):
+        assert labels(made_up) == UNMATCHED_ROUTE
