@@ -26,11 +26,13 @@ from starlette.routing import Route
 
 from iris_bento.auth import ApiKeyMiddleware
 from iris_bento.batching import MicroBatcher
-from iris_bento.bentoml_fixes import fix_timeout_middleware
+from iris_bento.bentoml_fixes import fix_timeout_middleware, label_metrics_by_route
+from iris_bento.connections import guard_connections, raise_open_file_limit
 from iris_bento.errors import ApiError
 from iris_bento.features import CLASS_NAMES, FEATURE_NAMES, MODEL_NAME
 from iris_bento.http import RequestMiddleware
 from iris_bento.inference import load_predict_proba
+from iris_bento.lifecycle import close_listener_after_drain, drain_on_sigterm, draining
 from iris_bento.logs import configure_json_logging
 from iris_bento.schemas import (
     BatchPrediction,
@@ -89,10 +91,19 @@ class IrisClassifier:
         """Runs once in `bentoml serve` before any worker: a one-line refusal, no restarts."""
         require_api_keys()
 
+    @bentoml.on_deployment
+    def stop_in_order() -> None:  # type: ignore[misc]
+        """In the supervisor: on SIGTERM, refuse new connections once the workers drained."""
+        close_listener_after_drain(project_settings().shutdown.drain_s)
+
     def __init__(self) -> None:
         configure_json_logging()
         fix_timeout_middleware()
+        label_metrics_by_route()
         settings = project_settings()
+        guard_connections(settings.connections)
+        open_files = raise_open_file_limit()
+        drain_on_sigterm(settings.shutdown.drain_s)
         metadata = self.model_ref.info.metadata
         if tuple(metadata.get("feature_names", FEATURE_NAMES)) != FEATURE_NAMES:
             raise ValueError(
@@ -126,9 +137,14 @@ class IrisClassifier:
                 "workers": worker_count(),
                 "batching": settings.batching.model_dump(),
                 "limits": settings.limits.model_dump(),
+                "open_files": open_files,
                 "config_file": os.environ.get("BENTOML_CONFIG"),
             },
         )
+
+    async def __is_ready__(self) -> bool:
+        """BentoML's /readyz: not ready while draining, so that traffic moves elsewhere."""
+        return not draining()
 
     @bentoml.on_shutdown
     def stop_batcher(self) -> None:

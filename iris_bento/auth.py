@@ -19,6 +19,8 @@ PUBLIC_PATHS: Final = frozenset(
 )
 
 _CHALLENGE: Final = (b"www-authenticate", b'Bearer realm="iris", charset="UTF-8"')
+# Longer keys are refused without a comparison: comparing costs time in the key's length.
+MAX_KEY_BYTES: Final = 256
 
 
 def is_public(path: str) -> bool:
@@ -33,16 +35,18 @@ def is_preflight(scope: Scope) -> bool:
     return b"origin" in names and b"access-control-request-method" in names
 
 
-def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
-    """The key from `x-api-key`, or `Authorization: Bearer` as `bentoml.SyncHTTPClient` sends."""
+def presented_keys(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    """Every key the request presents, in `x-api-key` or as `Authorization: Bearer` (which
+    `bentoml.SyncHTTPClient` sends)."""
+    keys = []
     for name, value in headers:
         if name == b"x-api-key":
-            return value.strip()
-        if name == b"authorization":
+            keys.append(value.strip())
+        elif name == b"authorization":
             scheme, _, token = value.partition(b" ")
             if scheme.lower() == b"bearer":
-                return token.strip()
-    return None
+                keys.append(token.strip())
+    return keys
 
 
 class ApiKeyMiddleware:
@@ -53,40 +57,39 @@ class ApiKeyMiddleware:
         self.app = app
         self._keys = tuple(key.encode() for key in (api_keys() if keys is None else keys))
 
-    def _accepts(self, key: bytes | None) -> bool:
+    def _accepts(self, key: bytes) -> bool:
         """Constant-time comparison against every configured key (no early exit)."""
+        if len(key) > MAX_KEY_BYTES:
+            return False
         matched = False
         for candidate in self._keys:
-            matched |= hmac.compare_digest(key or b"", candidate)
-        return matched and key is not None
+            matched |= hmac.compare_digest(key, candidate)
+        return matched
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "lifespan"
-            or is_preflight(scope)
-            or is_public(scope["path"])
-            or self._accepts(presented_key(scope["headers"]))
-        ):
+        if scope["type"] == "lifespan" or is_preflight(scope) or is_public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        keys = presented_keys(scope["headers"])
+        if len(keys) == 1 and self._accepts(keys[0]):
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # policy violation
             return
-        detail = (
-            "send an API key in the x-api-key header or as Authorization: Bearer"
-            if presented_key(scope["headers"]) is None
-            else "the API key is not valid"
-        )
-        body = error_body(401, detail)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    *JSON_HEADERS,
-                    _CHALLENGE,
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
+        if not keys:
+            status, detail = (
+                401,
+                "send an API key in the x-api-key header or as Authorization: Bearer",
+            )
+        elif len(keys) > 1:
+            # RFC 6750: a request that carries its credentials more than once is malformed.
+            status, detail = 400, "send one API key, in x-api-key or as Authorization: Bearer"
+        else:
+            status, detail = 401, "the API key is not valid"
+        body = error_body(status, detail)
+        headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        if status == 401:
+            headers.append(_CHALLENGE)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iris_bento.auth import is_public
 from iris_bento.errors import JSON_HEADERS, error_body, is_error_body
+from iris_bento.lifecycle import draining
 from iris_bento.schemas import FEATURE_SHAPE_TAGS
 from iris_bento.settings import ConnectionSettings, LimitSettings, project_settings
 
@@ -39,6 +40,9 @@ log = logging.getLogger("iris_bento.access")
 
 REQUEST_ID_HEADER: Final = b"x-request-id"
 CLOSE_CONNECTION: Final = (b"connection", b"close")
+# 429 and 503 say when to try again: a second, by then the queue has moved or the load is spread.
+RETRY_AFTER: Final = (b"retry-after", b"1")
+_RETRY_STATUSES: Final = frozenset({429, 503})
 # A client's request id is echoed when it is short and printable; otherwise a new one is made.
 _VALID_REQUEST_ID: Final = re.compile(rb"[\x21-\x7e]{1,128}")
 _JSON_MEDIA_TYPE: Final = re.compile(rb"application/([\w.+-]+\+)?json")
@@ -171,14 +175,11 @@ class _Exchange:
         self, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()
     ) -> None:
         self.status = status
+        headers = [*headers, *JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        if status in _RETRY_STATUSES and _header(headers, RETRY_AFTER[0]) is None:
+            headers.append(RETRY_AFTER)
         await self._send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": self._headers(
-                    [*headers, *JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-                ),
-            }
+            {"type": "http.response.start", "status": status, "headers": self._headers(headers)}
         )
         await self._send({"type": "http.response.body", "body": body})
 
@@ -227,7 +228,7 @@ class RequestMiddleware:
             send,
             request_id_of(scope["headers"]),
             self._limits.max_body_bytes,
-            close_connection=self._chance.random() < self._close_probability,
+            close_connection=draining() or self._chance.random() < self._close_probability,
         )
         received = 0
 

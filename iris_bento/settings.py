@@ -64,16 +64,31 @@ class LimitSettings(_Section):
 
 
 class ConnectionSettings(_Section):
-    """How long a keep-alive connection lives (see `iris_bento.http.RequestMiddleware`)."""
+    """What one connection may cost a worker (see `iris_bento.connections`), and how long a
+    keep-alive connection lives (see `iris_bento.http.RequestMiddleware`)."""
 
     # Requests per connection on average; 0 keeps connections open for as long as clients do.
     mean_requests: NonNegativeInt = 100
+    # The request line and headers together, in bytes, and the number of headers.
+    max_head_bytes: PositiveInt = 32 * 1024
+    max_headers: PositiveInt = 100
+    # Time to send a whole request head, from the connection's opening or a request's first byte.
+    head_timeout_s: PositiveFloat = 10.0
+
+
+class ShutdownSettings(_Section):
+    """What a worker does on SIGTERM (see `iris_bento.lifecycle`)."""
+
+    # Seconds of serving on after SIGTERM, not ready and closing connections, before the
+    # listening socket closes.
+    drain_s: NonNegativeFloat = 5.0
 
 
 class ProjectSettings(_Section):
     batching: BatchingSettings = BatchingSettings()
     limits: LimitSettings = LimitSettings()
     connections: ConnectionSettings = ConnectionSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> ProjectSettings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -120,14 +121,28 @@ def start_server(
             running.stop()
 
 
+def read_answer(connection: socket.socket) -> bytes:
+    """One HTTP/1.1 answer with a Content-Length body, read off a raw socket; returns its head."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += connection.recv(4096)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += connection.recv(4096)
+    return head.lower()
+
+
 async def asgi_request(
     app: ASGIApp,
     method: str = "GET",
     path: str = "/",
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
     body_chunks: tuple[bytes, ...] = (b"",),
 ) -> tuple[int, dict[str, str], bytes]:
-    """One request straight into an ASGI app: status, headers, body."""
+    """One request straight into an ASGI app: status, headers, body. Headers as a list may
+    repeat a name."""
+    header_items = headers.items() if isinstance(headers, dict) else headers or []
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -138,7 +153,7 @@ async def asgi_request(
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "headers": [(k.lower().encode(), v.encode()) for k, v in header_items],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 3000),
     }

@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from iris_bento.auth import PUBLIC_PATHS, ApiKeyMiddleware
+from iris_bento import auth
+from iris_bento.auth import MAX_KEY_BYTES, PUBLIC_PATHS, ApiKeyMiddleware
 from iris_bento.http import RequestMiddleware, field_path
 from iris_bento.settings import (
     BatchingSettings,
@@ -112,6 +113,37 @@ def test_invalid_keys_are_refused(headers: dict[str, str]) -> None:
     status, _, body = call(stack(), headers=headers)
     assert status == 401
     assert b"first-key" not in body
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("x-api-key", "first-key"), ("x-api-key", "wrong")],
+        [("x-api-key", "wrong"), ("x-api-key", "first-key")],
+        [("x-api-key", "first-key"), ("x-api-key", "first-key")],
+        [("x-api-key", "first-key"), ("authorization", "Bearer second-key")],
+        [("authorization", "Bearer wrong"), ("x-api-key", "first-key")],
+    ],
+    ids=["valid-first", "valid-second", "same-twice", "two-valid", "bearer-and-key"],
+)
+def test_several_credentials_are_refused_whatever_their_order(
+    headers: list[tuple[str, str]],
+) -> None:
+    """RFC 6750: credentials sent more than once make a malformed request (400), so the answer
+    never depends on which header comes first."""
+    status, response_headers, body = call(stack(), headers=headers)
+    assert status == 400
+    assert "one API key" in contract(400, body)["details"]
+    assert "www-authenticate" not in response_headers
+
+
+def test_an_overlong_key_is_refused_without_a_comparison(monkeypatch: pytest.MonkeyPatch) -> None:
+    comparisons = []
+    monkeypatch.setattr(auth.hmac, "compare_digest", lambda *args: bool(comparisons.append(args)))
+    status, _, _ = call(stack(), headers={"x-api-key": "k" * (MAX_KEY_BYTES + 1)})
+    assert (status, comparisons) == (401, [])
+    call(stack(), headers={"x-api-key": "k" * MAX_KEY_BYTES})
+    assert len(comparisons) == len(KEYS)
 
 
 @pytest.mark.parametrize("path", sorted(PUBLIC_PATHS))
@@ -260,11 +292,25 @@ def test_in_flight_limit_is_429_but_never_for_probes() -> None:
         first = asyncio.create_task(asgi_request(app, path="/slow"))
         await asyncio.sleep(0.05)
         second = await asgi_request(app, path="/slow")
+        assert second[1]["retry-after"] == "1"
         probe = await asgi_request(app, path="/health")
         release.set()
         return (await first)[0], second[0], probe[0]
 
     assert asyncio.run(scenario()) == (200, 429, 200)
+
+
+@pytest.mark.parametrize("own_header", [False, True])
+def test_503_answers_say_when_to_retry(own_header: bool) -> None:
+    """The service's queue-full 503 (and BentoML's own 429 and 503) pass through here."""
+
+    async def overloaded(_: Request) -> Response:
+        headers = {"retry-after": "7"} if own_header else {}
+        return JSONResponse({"error": "x", "code": 503, "details": None}, 503, headers)
+
+    app = RequestMiddleware(Starlette(routes=[Route("/full", overloaded)]))
+    status, headers, _ = call(app, path="/full")
+    assert (status, headers["retry-after"]) == (503, "7" if own_header else "1")
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from helpers import (
     bentoml_serve,
     example,
     free_port,
+    read_answer,
     start_server,
 )
 from sklearn.datasets import load_iris
@@ -128,18 +129,6 @@ def test_bentoml_client_with_a_token(server: RunningServer) -> None:
         result = client.predict(id="sdk", features=[6.9, 3.1, 5.8, 2.2])
     answer = result if isinstance(result, dict) else result.model_dump()
     assert (answer["id"], answer["label"]) == ("sdk", "virginica")
-
-
-def read_answer(connection: socket.socket) -> bytes:
-    """One HTTP/1.1 answer with a Content-Length body, read off a raw socket; returns its head."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += connection.recv(4096)
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))  # type: ignore[union-attr]
-    while len(body) < length:
-        body += connection.recv(4096)
-    return head.lower()
 
 
 def test_the_server_ends_keep_alive_connections_now_and_then(server: RunningServer) -> None:

@@ -1,0 +1,177 @@
+"""Stopping without losing requests: what the supervisor and each worker do on SIGTERM.
+
+`bentoml serve` is a circus supervisor that owns the listening socket and hands it to its uvicorn
+workers. Left alone, on SIGTERM the workers stop accepting at once and close their idle
+keep-alive connections, while the supervisor keeps the socket listening until it exits: the
+kernel goes on completing connections that nobody serves, and resets them when the supervisor
+goes. Every client that sent a request in that window, or on an idle connection at the moment it
+was closed, lost it. Here the stop happens in order instead, as Go's `http.Server.Shutdown` and
+Envoy's drain do it:
+
+1. For `shutdown.drain_s` each worker serves on, but `/readyz` answers 503 (a load balancer or a
+   Kubernetes Service stops sending new connections) and every answer carries `Connection: close`
+   (clients reconnect, and reach another instance once this one is out of rotation).
+2. Then the supervisor closes the listening socket in the kernel, for every process that shares
+   it, in two steps: a socket filter drops new handshakes while the workers accept the
+   connections already queued, and once the queue is empty (a few milliseconds) the socket is
+   shut down. A connection is never completed and then reset; new connections are refused (a
+   client whose handshake was dropped meanwhile is refused on its retry, a second later), so a
+   client or proxy retries elsewhere. Each worker stops accepting once it sees the socket closed.
+3. Requests in flight finish, bounded by `limits.request_timeout_s`; then the worker exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import signal
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import uvicorn
+from circus import watcher as circus_watcher
+
+log = logging.getLogger("iris_bento.lifecycle")
+
+# After it stops accepting, a worker waits this long before uvicorn closes its idle connections,
+# so that a connection accepted just before delivers its request and is answered.
+SETTLE_S: Final = 0.5
+# How often, and for how long at most, a draining worker looks for the closed socket.
+_POLL_S: Final = 0.01
+_MAX_WAIT_FOR_SUPERVISOR_S: Final = 1.0
+
+
+@dataclass
+class _WorkerState:
+    draining: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+_worker = _WorkerState()
+
+
+def draining() -> bool:
+    """Whether this worker has been told to stop and is draining."""
+    return _worker.draining
+
+
+def drain_on_sigterm(drain_s: float) -> bool:
+    """In a uvicorn worker, while its application starts: on SIGTERM, drain before uvicorn's own
+    shutdown. False where uvicorn does not own the signal (in-process tests, other servers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    if not isinstance(server, uvicorn.Server):
+        return False
+    loop = asyncio.get_running_loop()
+
+    def on_sigterm(_signum: int, _frame: Any) -> None:
+        loop.call_soon_threadsafe(_begin_drain, server, drain_s)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return True
+
+
+def _begin_drain(server: uvicorn.Server, drain_s: float) -> None:
+    if _worker.draining:
+        return  # a second SIGTERM (one to the process group, then the supervisor's)
+    _worker.draining = True
+    log.warning("SIGTERM: draining", extra={"drain_s": drain_s})
+    _worker.task = asyncio.create_task(_drain(server, drain_s))
+
+
+async def _drain(server: uvicorn.Server, drain_s: float) -> None:
+    await asyncio.sleep(drain_s)
+    await _wait_for_closed_listener(server)
+    for listener in server.servers:
+        listener.close()
+    await asyncio.sleep(SETTLE_S)
+    log.info("drained: finishing requests in flight")
+    server.handle_exit(signal.SIGTERM, None)
+
+
+async def _wait_for_closed_listener(server: uvicorn.Server) -> None:
+    """Until the supervisor has shut the shared socket down: a worker that stopped accepting
+    first would leave the connections queued meanwhile to be reset. Bounded, for a worker
+    stopped on its own."""
+    sockets = [sock for listener in server.servers for sock in listener.sockets]
+    for _ in range(int(_MAX_WAIT_FOR_SUPERVISOR_S / _POLL_S)):
+        if not any(_is_listening(sock) for sock in sockets):
+            return
+        await asyncio.sleep(_POLL_S)
+
+
+def _is_listening(sock: Any) -> bool:
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
+
+
+class ListenerClosingWatcher(circus_watcher.Watcher):
+    """A circus watcher that, when the supervisor stops it, shuts its listening socket down
+    `drain_s` after its workers were told to drain."""
+
+    drain_s: float = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._resolve_hook("before_stop", self._close_listener_later, ignore_failure=True)
+
+    def _close_listener_later(self, arbiter: Any, **_: Any) -> bool:
+        arbiter.loop.call_later(self.drain_s, _refuse_new_connections, arbiter)
+        return True
+
+
+# Linux: `SO_ATTACH_FILTER`, and a classic BPF program of one instruction, `ret #0` (drop).
+_SO_ATTACH_FILTER: Final = 26
+_DROP_EVERY_PACKET: Final = struct.pack("@HBBI", 0x06, 0, 0, 0)
+# Where `struct tcp_info` holds, for a listening socket, the length of its accept queue.
+_TCP_INFO_ACCEPT_QUEUE: Final = 24
+_MAX_WAIT_FOR_ACCEPTS_S: Final = 1.0
+
+
+def _refuse_new_connections(arbiter: Any) -> None:
+    listeners = list(arbiter.sockets.values())
+    for sock in listeners:
+        with contextlib.suppress(OSError):
+            _drop_new_handshakes(sock)
+    _shut_down_when_accepted(listeners, time.monotonic() + _MAX_WAIT_FOR_ACCEPTS_S, arbiter.loop)
+
+
+def _drop_new_handshakes(sock: socket.socket) -> None:
+    """Attach a socket filter that drops every packet reaching the listening socket itself: no new
+    connection is completed, while those already completed stay queued for the workers."""
+    program = ctypes.create_string_buffer(_DROP_EVERY_PACKET, len(_DROP_EVERY_PACKET))
+    fprog = struct.pack("@HP", 1, ctypes.addressof(program))
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+
+
+def _accept_queue(sock: socket.socket) -> int:
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("@I", info, _TCP_INFO_ACCEPT_QUEUE)[0]
+
+
+def _shut_down_when_accepted(listeners: list[socket.socket], deadline: float, loop: Any) -> None:
+    """Shut the sockets down once the workers have accepted every queued connection."""
+    with contextlib.suppress(OSError):
+        if time.monotonic() < deadline and any(_accept_queue(sock) for sock in listeners):
+            loop.call_later(_POLL_S, _shut_down_when_accepted, listeners, deadline, loop)
+            return
+    for sock in listeners:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    log.warning("listening socket closed: new connections are refused")
+
+
+def close_listener_after_drain(drain_s: float) -> None:
+    """In `bentoml serve`'s supervisor, before it creates its workers: BentoML creates them
+    with circus's `Watcher`, looked up when called, so the watcher class is replaced."""
+    ListenerClosingWatcher.drain_s = drain_s
+    circus_watcher.Watcher = ListenerClosingWatcher  # type: ignore[misc]

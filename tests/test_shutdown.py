@@ -1,0 +1,139 @@
+"""SIGTERM on the real server under load: nothing the server accepted is lost, the drain is
+visible to probes and clients, new connections are refused once it ends, the stop is bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import pytest
+import requests
+from helpers import API_KEYS, ROOT, RunningServer, bentoml_serve, example, start_server
+from requests.adapters import HTTPAdapter
+
+pytestmark = pytest.mark.server
+
+AUTH = {"x-api-key": API_KEYS[0]}
+DRAIN_S = 2  # shorter than the default 5 s, for the suite's time
+CLIENTS = 32
+
+
+def draining_server(log_dir: Path) -> AbstractContextManager[RunningServer]:
+    overrides = {"services": {"IrisClassifier": {"iris": {"shutdown": {"drain_s": DRAIN_S}}}}}
+    return start_server(
+        bentoml_serve("service:IrisClassifier"),
+        cwd=ROOT,
+        log_dir=log_dir,
+        env={"BENTOML_CONFIG_OVERRIDES": json.dumps(overrides)},
+    )
+
+
+def fresh_session() -> requests.Session:
+    """A keep-alive session that never retries: every failure is counted as it happened."""
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(max_retries=0))
+    return session
+
+
+def under_load(server: RunningServer, stop: Callable[[], None]) -> tuple[Counter[str], float]:
+    """CLIENTS keep-alive clients predicting until the server is gone; `stop` after 2 s.
+    Outcomes: `ok`, other statuses, `refused` (no connection: safe to retry elsewhere) and
+    `lost` (a request written to a connection the server had accepted, then no answer)."""
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    gone = threading.Event()
+
+    def client() -> None:
+        session = fresh_session()
+        while not gone.is_set():
+            try:
+                response = session.post(
+                    f"{server.url}/predict", json=example("predict"), headers=AUTH, timeout=30
+                )
+                outcome = "ok" if response.status_code == 200 else str(response.status_code)
+            except requests.ConnectionError as error:
+                outcome = "refused" if "refused" in str(error) else "lost"
+                session = fresh_session()
+                time.sleep(0.05 if outcome == "refused" else 0)
+            with lock:
+                outcomes[outcome] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2)
+    started = time.monotonic()
+    stop()
+    server.process.wait(timeout=DRAIN_S + 30)
+    stopped_after = time.monotonic() - started
+    time.sleep(0.5)
+    gone.set()
+    for thread in threads:
+        thread.join(timeout=40)
+    return outcomes, stopped_after
+
+
+@pytest.mark.parametrize("target", ["supervisor", "process-group"])
+def test_sigterm_under_load_loses_no_request(model_tag: str, tmp_path: Path, target: str) -> None:
+    """SIGTERM to `bentoml serve` (a container's PID 1), or to its whole process group (a
+    terminal, `timeout`, `kill -- -PGID`): every request the server accepted is answered."""
+    with draining_server(tmp_path) as server:
+        pid = server.process.pid
+        if target == "supervisor":
+            outcomes, stopped_after = under_load(server, lambda: os.kill(pid, signal.SIGTERM))
+        else:
+            outcomes, stopped_after = under_load(server, lambda: os.killpg(pid, signal.SIGTERM))
+    assert outcomes["lost"] == 0, outcomes
+    assert outcomes["ok"] > 100
+    assert set(outcomes) <= {"ok", "refused"}, outcomes
+    assert outcomes["refused"] > 0, "clients that kept coming found the listener closed"
+    assert DRAIN_S < stopped_after < DRAIN_S + 5
+    assert server.process.returncode == 0
+
+
+def test_a_draining_server_is_not_ready_closes_connections_then_refuses(
+    model_tag: str, tmp_path: Path
+) -> None:
+    with draining_server(tmp_path) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        # A slow upload in flight across the whole drain: it is answered, after the listener
+        # has closed.
+        upload = socket.create_connection((host, int(port)), timeout=30)
+        body = json.dumps(example("predict")).encode()
+        upload.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: iris\r\ncontent-type: application/json\r\n"
+            + f"x-api-key: {API_KEYS[0]}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+            + body[:5]
+        )
+        os.kill(server.process.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        with fresh_session() as session:
+            ready = session.get(f"{server.url}/readyz", timeout=5)
+            assert ready.status_code == 503
+            assert ready.json()["code"] == 503
+            assert ready.headers["retry-after"] == "1"
+            predicted = session.post(
+                f"{server.url}/predict", json=example("predict"), headers=AUTH, timeout=5
+            )
+            assert predicted.status_code == 200
+            assert predicted.headers["connection"] == "close"
+        time.sleep(DRAIN_S + 0.5)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, int(port)), timeout=5)
+        assert server.process.poll() is None, "the upload in flight keeps the worker"
+        upload.sendall(body[5:])
+        upload.settimeout(10)
+        assert upload.recv(65536).startswith(b"HTTP/1.1 200")
+        upload.close()
+        assert server.process.wait(timeout=10) == 0
+        log = server.log_path.read_text()
+        assert log.count('"SIGTERM: draining"') == 2, "one line per worker"
+        assert "new connections are refused" in log
