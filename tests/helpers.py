@@ -9,14 +9,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 from starlette.types import ASGIApp, Message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,3 +180,54 @@ async def asgi_request(
         {k.decode(): v.decode() for k, v in start.get("headers", [])},
         body,
     )
+
+
+def fresh_session() -> requests.Session:
+    """A keep-alive session that never retries: every failure is counted as it happened."""
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(max_retries=0))
+    return session
+
+
+def predict_through_a_stop(
+    url: str, stop: Callable[[], None], wait_stopped: Callable[[], None], clients: int = 32
+) -> tuple[Counter[str], float]:
+    """`clients` keep-alive clients predicting until the server is gone; `stop` after 2 s.
+    Outcomes: `ok`, other statuses, `refused` (no connection: safe to retry elsewhere) and
+    `lost` (a request written to a connection the server had accepted, then no answer).
+    Returns them and the seconds from `stop` to the end of `wait_stopped`."""
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    gone = threading.Event()
+
+    def client() -> None:
+        session = fresh_session()
+        while not gone.is_set():
+            try:
+                response = session.post(
+                    f"{url}/predict",
+                    json=example("predict"),
+                    headers={"x-api-key": API_KEYS[0]},
+                    timeout=30,
+                )
+                outcome = "ok" if response.status_code == 200 else str(response.status_code)
+            except requests.ConnectionError as error:
+                outcome = "refused" if "refused" in str(error) else "lost"
+                session = fresh_session()
+                time.sleep(0.05 if outcome == "refused" else 0)
+            with lock:
+                outcomes[outcome] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2)
+    started = time.monotonic()
+    stop()
+    wait_stopped()
+    stopped_after = time.monotonic() - started
+    time.sleep(0.5)
+    gone.set()
+    for thread in threads:
+        thread.join(timeout=40)
+    return outcomes, stopped_after

@@ -7,17 +7,21 @@ import json
 import os
 import signal
 import socket
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-import requests
-from helpers import API_KEYS, ROOT, RunningServer, bentoml_serve, example, start_server
-from requests.adapters import HTTPAdapter
+from helpers import (
+    API_KEYS,
+    ROOT,
+    RunningServer,
+    bentoml_serve,
+    example,
+    fresh_session,
+    predict_through_a_stop,
+    start_server,
+)
 
 pytestmark = pytest.mark.server
 
@@ -36,61 +40,18 @@ def draining_server(log_dir: Path) -> AbstractContextManager[RunningServer]:
     )
 
 
-def fresh_session() -> requests.Session:
-    """A keep-alive session that never retries: every failure is counted as it happened."""
-    session = requests.Session()
-    session.mount("http://", HTTPAdapter(max_retries=0))
-    return session
-
-
-def under_load(server: RunningServer, stop: Callable[[], None]) -> tuple[Counter[str], float]:
-    """CLIENTS keep-alive clients predicting until the server is gone; `stop` after 2 s.
-    Outcomes: `ok`, other statuses, `refused` (no connection: safe to retry elsewhere) and
-    `lost` (a request written to a connection the server had accepted, then no answer)."""
-    outcomes: Counter[str] = Counter()
-    lock = threading.Lock()
-    gone = threading.Event()
-
-    def client() -> None:
-        session = fresh_session()
-        while not gone.is_set():
-            try:
-                response = session.post(
-                    f"{server.url}/predict", json=example("predict"), headers=AUTH, timeout=30
-                )
-                outcome = "ok" if response.status_code == 200 else str(response.status_code)
-            except requests.ConnectionError as error:
-                outcome = "refused" if "refused" in str(error) else "lost"
-                session = fresh_session()
-                time.sleep(0.05 if outcome == "refused" else 0)
-            with lock:
-                outcomes[outcome] += 1
-
-    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    time.sleep(2)
-    started = time.monotonic()
-    stop()
-    server.process.wait(timeout=DRAIN_S + 30)
-    stopped_after = time.monotonic() - started
-    time.sleep(0.5)
-    gone.set()
-    for thread in threads:
-        thread.join(timeout=40)
-    return outcomes, stopped_after
-
-
 @pytest.mark.parametrize("target", ["supervisor", "process-group"])
 def test_sigterm_under_load_loses_no_request(model_tag: str, tmp_path: Path, target: str) -> None:
     """SIGTERM to `bentoml serve` (a container's PID 1), or to its whole process group (a
     terminal, `timeout`, `kill -- -PGID`): every request the server accepted is answered."""
     with draining_server(tmp_path) as server:
         pid = server.process.pid
-        if target == "supervisor":
-            outcomes, stopped_after = under_load(server, lambda: os.kill(pid, signal.SIGTERM))
-        else:
-            outcomes, stopped_after = under_load(server, lambda: os.killpg(pid, signal.SIGTERM))
+        kill = os.kill if target == "supervisor" else os.killpg
+        outcomes, stopped_after = predict_through_a_stop(
+            server.url,
+            stop=lambda: kill(pid, signal.SIGTERM),
+            wait_stopped=lambda: server.process.wait(timeout=DRAIN_S + 30),
+        )
     assert outcomes["lost"] == 0, outcomes
     assert outcomes["ok"] > 100
     assert set(outcomes) <= {"ok", "refused"}, outcomes
