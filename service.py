@@ -89,6 +89,11 @@ class IrisClassifier:
         """Runs once in `bentoml serve` before any worker: a one-line refusal, no restarts."""
         require_api_keys()
 
+    @bentoml.on_deployment
+    def set_up_supervisor() -> None:  # type: ignore[misc]
+        """Runs once in `bentoml serve` before its supervisor starts: its log lines in JSON."""
+        configure_json_logging()
+
     def __init__(self) -> None:
         configure_json_logging()
         fix_timeout_middleware()
