@@ -91,8 +91,13 @@ class IrisClassifier:
 
     @bentoml.on_deployment
     def set_up_supervisor() -> None:  # type: ignore[misc]
-        """Runs once in `bentoml serve` before its supervisor starts: its log lines in JSON."""
+        """Runs once in `bentoml serve` before its supervisor starts: its log lines in JSON, and
+        dead workers replaced at once."""
+        # Imported here: circus belongs to the supervisor, and workers never load it.
+        from iris_bento.supervisor import supervise_workers
+
         configure_json_logging()
+        supervise_workers(project_settings().supervisor)
 
     def __init__(self) -> None:
         configure_json_logging()
