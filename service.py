@@ -32,7 +32,7 @@ from iris_bento.errors import ApiError
 from iris_bento.features import CLASS_NAMES, FEATURE_NAMES, MODEL_NAME
 from iris_bento.http import RequestMiddleware
 from iris_bento.inference import load_predict_proba
-from iris_bento.lifecycle import close_listener_after_drain, drain_on_sigterm, draining
+from iris_bento.lifecycle import drain_on_sigterm, draining
 from iris_bento.logs import configure_json_logging
 from iris_bento.schemas import (
     BatchPrediction,
@@ -92,9 +92,15 @@ class IrisClassifier:
         require_api_keys()
 
     @bentoml.on_deployment
-    def stop_in_order() -> None:  # type: ignore[misc]
-        """In the supervisor: on SIGTERM, refuse new connections once the workers drained."""
-        close_listener_after_drain(project_settings().shutdown.drain_s)
+    def set_up_supervisor() -> None:  # type: ignore[misc]
+        """Runs once in `bentoml serve` before its supervisor starts: its log lines in JSON, dead
+        workers replaced at once, and on SIGTERM the listening socket closed after the drain."""
+        # Imported here: circus belongs to the supervisor, and workers never load it.
+        from iris_bento.supervisor import supervise_workers
+
+        configure_json_logging()
+        settings = project_settings()
+        supervise_workers(settings.supervisor, settings.shutdown.drain_s)
 
     def __init__(self) -> None:
         configure_json_logging()

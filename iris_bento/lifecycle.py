@@ -12,11 +12,12 @@ Envoy's drain do it:
    Kubernetes Service stops sending new connections) and every answer carries `Connection: close`
    (clients reconnect, and reach another instance once this one is out of rotation).
 2. Then the supervisor closes the listening socket in the kernel, for every process that shares
-   it, in two steps: a socket filter drops new handshakes while the workers accept the
-   connections already queued, and once the queue is empty (a few milliseconds) the socket is
-   shut down. A connection is never completed and then reset; new connections are refused (a
-   client whose handshake was dropped meanwhile is refused on its retry, a second later), so a
-   client or proxy retries elsewhere. Each worker stops accepting once it sees the socket closed.
+   it (`close_listener_after`, a circus hook that `iris_bento.supervisor` adds), in two steps: a
+   socket filter drops new handshakes while the workers accept the connections already queued,
+   and once the queue is empty (a few milliseconds) the socket is shut down. A connection is never
+   completed and then reset; new connections are refused (a client whose handshake was dropped
+   meanwhile is refused on its retry, a second later), so a client or proxy retries elsewhere.
+   Each worker stops accepting once it sees the socket closed.
 3. Requests in flight finish, bounded by `limits.request_timeout_s`; then the worker exits.
 """
 
@@ -31,11 +32,11 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import uvicorn
-from circus import watcher as circus_watcher
 
 log = logging.getLogger("iris_bento.lifecycle")
 
@@ -114,19 +115,15 @@ def _is_listening(sock: Any) -> bool:
         return False
 
 
-class ListenerClosingWatcher(circus_watcher.Watcher):
-    """A circus watcher that, when the supervisor stops it, shuts its listening socket down
-    `drain_s` after its workers were told to drain."""
+def close_listener_after(drain_s: float) -> Callable[..., bool]:
+    """A circus `before_stop` hook for the supervisor's worker watcher: `drain_s` after the
+    workers are told to stop, the listening socket closes."""
 
-    drain_s: float = 0.0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._resolve_hook("before_stop", self._close_listener_later, ignore_failure=True)
-
-    def _close_listener_later(self, arbiter: Any, **_: Any) -> bool:
-        arbiter.loop.call_later(self.drain_s, _refuse_new_connections, arbiter)
+    def before_stop(arbiter: Any, **_: Any) -> bool:
+        arbiter.loop.call_later(drain_s, _refuse_new_connections, arbiter)
         return True
+
+    return before_stop
 
 
 # Linux: `SO_ATTACH_FILTER`, and a classic BPF program of one instruction, `ret #0` (drop).
@@ -168,10 +165,3 @@ def _shut_down_when_accepted(listeners: list[socket.socket], deadline: float, lo
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
     log.warning("listening socket closed: new connections are refused")
-
-
-def close_listener_after_drain(drain_s: float) -> None:
-    """In `bentoml serve`'s supervisor, before it creates its workers: BentoML creates them
-    with circus's `Watcher`, looked up when called, so the watcher class is replaced."""
-    ListenerClosingWatcher.drain_s = drain_s
-    circus_watcher.Watcher = ListenerClosingWatcher  # type: ignore[misc]

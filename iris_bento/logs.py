@@ -1,4 +1,4 @@
-"""JSON-lines logging for the serving workers."""
+"""JSON-lines logging for the serving workers and for their supervisor."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 from starlette.requests import ClientDisconnect
 
-# BentoML's server configures these loggers' handlers; the project's logger propagates to root.
-_LOGGERS_WITH_HANDLERS = ("", "bentoml", "uvicorn.error")
+# BentoML's server configures these loggers' handlers (uvicorn's in the workers, circus's in the
+# supervisor); the project's logger propagates to root.
+_LOGGERS_WITH_HANDLERS = ("", "bentoml", "uvicorn.error", "circus")
 
 
 def _not_a_client_error(record: logging.LogRecord) -> bool:
@@ -24,10 +25,17 @@ def _not_a_client_error(record: logging.LogRecord) -> bool:
 
 
 def configure_json_logging() -> None:
-    """Switch the worker's log handlers to one JSON object per line; call once per worker."""
+    """Switch the process's log handlers to one JSON object per line; call once per worker, and
+    once in the supervisor. Each line names its process: the workers and the supervisor share a
+    stdout."""
     formatter = JsonFormatter(
-        "%(asctime)s %(levelname)s %(name)s %(message)s",
-        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+        rename_fields={
+            "asctime": "time",
+            "levelname": "level",
+            "name": "logger",
+            "process": "pid",
+        },
     )
     for name in _LOGGERS_WITH_HANDLERS:
         for handler in logging.getLogger(name).handlers:

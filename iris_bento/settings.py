@@ -84,11 +84,20 @@ class ShutdownSettings(_Section):
     drain_s: NonNegativeFloat = 5.0
 
 
+class SupervisorSettings(_Section):
+    """When the supervisor stops replacing workers that die (see `iris_bento.supervisor`)."""
+
+    # Deaths replaced within `window_s`; one more stops the server with a non-zero exit.
+    max_worker_deaths: PositiveInt = 5
+    window_s: PositiveFloat = 60.0
+
+
 class ProjectSettings(_Section):
     batching: BatchingSettings = BatchingSettings()
     limits: LimitSettings = LimitSettings()
     connections: ConnectionSettings = ConnectionSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> ProjectSettings:

@@ -137,6 +137,51 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# From the container's log: seconds from a worker's death (argument 1, its pid) to the start-up
+# line of its replacement (argument 2); exits 1 until the supervisor has logged the death and the
+# replacement, and the new worker its start-up.
+readonly READY_AFTER='
+import json, sys
+from datetime import datetime
+killed, new = (int(arg) for arg in sys.argv[1:])
+records = [json.loads(line) for line in sys.stdin if line.startswith("{")]
+def when(message, **fields):
+    for record in records:
+        if record["message"] == message and all(record.get(k) == v for k, v in fields.items()):
+            return datetime.strptime(record["time"], "%Y-%m-%d %H:%M:%S,%f")
+    sys.exit(1)
+when("worker replaced", worker_pid=new, replaced_pid=killed)
+died = when("worker died", worker_pid=killed, signal="SIGKILL")
+ready = when("service ready", pid=new)
+print(f"{(ready - died).total_seconds():.2f}")
+'
+
+# SIGKILL a worker inside the container: a new one must start within seconds, and the supervisor
+# must log both. Sets WORKER_REPLACED_S (kill to new pid) and WORKER_READY_S (kill to the new
+# worker's start-up line).
+check_worker_replacement() {
+    local killed new_pid t
+    read -r killed new_pid WORKER_REPLACED_S < <(
+        podman exec -i "$CONTAINER" python - <"$SCRIPT_DIR/kill_a_worker.py"
+    ) || true
+    if [[ -z "$WORKER_REPLACED_S" ]]; then
+        log "a killed worker was not replaced:"
+        podman logs --tail 40 "$CONTAINER" >&2 || true
+        exit 1
+    fi
+    t="$(now)"
+    until WORKER_READY_S="$(podman logs "$CONTAINER" 2>&1 | python3 -c "$READY_AFTER" "$killed" "$new_pid")"; do
+        if (($(date +%s) - ${t%.*} > 30)); then
+            log "no log lines of worker $killed's death and of $new_pid replacing it:"
+            podman logs --tail 40 "$CONTAINER" >&2 || true
+            exit 1
+        fi
+        sleep 0.2
+    done
+    log "worker $killed SIGKILLed: worker $new_pid started after ${WORKER_REPLACED_S}s," \
+        "ready after ${WORKER_READY_S}s; the supervisor logged both"
+}
+
 cleanup() {
     podman rm --force --time 5 "$CONTAINER" >/dev/null 2>&1 || true
     if [[ -n "${OWN_BENTOML_HOME:-}" ]]; then
@@ -217,6 +262,9 @@ main() {
         podman logs --tail 60 "$CONTAINER" >&2 || true
         exit 1
     }
+    check_worker_replacement
+    "$VENV_BIN/python" "$SCRIPT_DIR/smoke_http.py" wait "$url" --timeout 30 >/dev/null
+
     local memory
     memory="$(podman stats --no-stream --format '{{ .MemUsage }}' "$CONTAINER" 2>/dev/null || echo unknown)"
     log "container memory after the checks: $memory"
@@ -241,6 +289,8 @@ json.dump({"image": "$IMAGE_TAG", "image_size_bytes": $size_bytes,
            "base_image_seconds": $base_s, "bento_build_seconds": $build_s,
            "containerize_seconds": $containerize_s, "ready_seconds": $ready_s,
            "stop_seconds": $stop_s, "memory": "$memory",
+           "worker_replaced_seconds": $WORKER_REPLACED_S,
+           "worker_ready_seconds": $WORKER_READY_S,
            "total_seconds": $(elapsed "$t0")}, open(sys.argv[1], "w"), indent=2)
 EOF
 }

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 from requests.adapters import HTTPAdapter
 from starlette.types import ASGIApp, Message
@@ -37,6 +38,18 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def live_children(pid: int) -> set[int]:
+    """The pids of a process's children that still run (zombies and the vanished left out)."""
+    alive = set()
+    for child in psutil.Process(pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
 
 
 @dataclass

@@ -106,6 +106,13 @@ def test_container_is_ready_quickly(smoke: dict[str, Any]) -> None:
     assert smoke["ready_seconds"] < 30, smoke
 
 
+def test_a_killed_worker_is_replaced_in_the_container(smoke: dict[str, Any]) -> None:
+    """The image sets BENTOML_CONTAINERIZED, where BentoML alone never replaces a dead worker;
+    the script SIGKILLed one inside the container and found the supervisor's two log lines."""
+    assert smoke["worker_replaced_seconds"] < 2, smoke
+    assert smoke["worker_ready_seconds"] < 30, smoke
+
+
 @pytest.fixture(scope="module")
 def image_config(smoke: dict[str, Any]) -> dict[str, Any]:
     """The built image's inspection (user, env, health check, entrypoint)."""
