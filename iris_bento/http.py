@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iris_bento.auth import is_public
 from iris_bento.errors import JSON_HEADERS, error_body, is_error_body
-from iris_bento.lifecycle import draining
+from iris_bento.lifecycle import closing_connections
 from iris_bento.schemas import FEATURE_SHAPE_TAGS
 from iris_bento.settings import ConnectionSettings, LimitSettings, project_settings
 
@@ -228,7 +228,8 @@ class RequestMiddleware:
             send,
             request_id_of(scope["headers"]),
             self._limits.max_body_bytes,
-            close_connection=draining() or self._chance.random() < self._close_probability,
+            close_connection=closing_connections()
+            or self._chance.random() < self._close_probability,
         )
         received = 0
 

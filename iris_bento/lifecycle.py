@@ -10,14 +10,16 @@ Envoy's drain do it:
 
 1. For `shutdown.drain_s` each worker serves on, but `/readyz` answers 503 (a load balancer or a
    Kubernetes Service stops sending new connections) and every answer carries `Connection: close`
-   (clients reconnect, and reach another instance once this one is out of rotation).
+   (clients reconnect, and reach another instance once this one is out of rotation); except in
+   the drain's last `QUIET_S`, when connections are kept, so that clients still sending stop
+   opening new ones.
 2. Then the supervisor closes the listening socket in the kernel, for every process that shares
-   it (`close_listener_after`, a circus hook that `iris_bento.supervisor` adds), in two steps: a
-   socket filter drops new handshakes while the workers accept the connections already queued,
-   and once the queue is empty (a few milliseconds) the socket is shut down. A connection is never
-   completed and then reset; new connections are refused (a client whose handshake was dropped
-   meanwhile is refused on its retry, a second later), so a client or proxy retries elsewhere.
-   Each worker stops accepting once it sees the socket closed.
+   it (`close_listener_after`, a circus hook that `iris_bento.supervisor` adds): once the workers
+   have accepted every connection queued on it, it shuts the socket down. Shutting down a socket
+   resets the connections still queued, which is why the queue must be empty first, and why the
+   quiet end of the drain lets it empty. From then on a new connection is refused at once, so a
+   client or proxy retries elsewhere. Each worker stops accepting once it sees the socket closed,
+   and closes every connection after its next answer again.
 3. Requests in flight finish, bounded by `limits.request_timeout_s`; then the worker exits.
 """
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import signal
 import socket
@@ -40,6 +41,8 @@ import uvicorn
 
 log = logging.getLogger("iris_bento.lifecycle")
 
+# The end of the drain in which connections are kept rather than closed after each answer.
+QUIET_S: Final = 1.0
 # After it stops accepting, a worker waits this long before uvicorn closes its idle connections,
 # so that a connection accepted just before delivers its request and is answered.
 SETTLE_S: Final = 0.5
@@ -51,6 +54,7 @@ _MAX_WAIT_FOR_SUPERVISOR_S: Final = 1.0
 @dataclass
 class _WorkerState:
     draining: bool = False
+    closing_connections: bool = False
     task: asyncio.Task[None] | None = None
 
 
@@ -58,8 +62,13 @@ _worker = _WorkerState()
 
 
 def draining() -> bool:
-    """Whether this worker has been told to stop and is draining."""
+    """Whether this worker has been told to stop: it is not ready."""
     return _worker.draining
+
+
+def closing_connections() -> bool:
+    """Whether this worker closes each connection after its answer, as it stops."""
+    return _worker.closing_connections
 
 
 def drain_on_sigterm(drain_s: float) -> bool:
@@ -82,14 +91,17 @@ def drain_on_sigterm(drain_s: float) -> bool:
 def _begin_drain(server: uvicorn.Server, drain_s: float) -> None:
     if _worker.draining:
         return  # a second SIGTERM (one to the process group, then the supervisor's)
-    _worker.draining = True
+    _worker.draining = _worker.closing_connections = True
     log.warning("SIGTERM: draining", extra={"drain_s": drain_s})
     _worker.task = asyncio.create_task(_drain(server, drain_s))
 
 
 async def _drain(server: uvicorn.Server, drain_s: float) -> None:
-    await asyncio.sleep(drain_s)
+    await asyncio.sleep(max(drain_s - QUIET_S, 0))
+    _worker.closing_connections = False
+    await asyncio.sleep(min(drain_s, QUIET_S))
     await _wait_for_closed_listener(server)
+    _worker.closing_connections = True
     for listener in server.servers:
         listener.close()
     await asyncio.sleep(SETTLE_S)
@@ -126,9 +138,6 @@ def close_listener_after(drain_s: float) -> Callable[..., bool]:
     return before_stop
 
 
-# Linux: `SO_ATTACH_FILTER`, and a classic BPF program of one instruction, `ret #0` (drop).
-_SO_ATTACH_FILTER: Final = 26
-_DROP_EVERY_PACKET: Final = struct.pack("@HBBI", 0x06, 0, 0, 0)
 # Where `struct tcp_info` holds, for a listening socket, the length of its accept queue.
 _TCP_INFO_ACCEPT_QUEUE: Final = 24
 _MAX_WAIT_FOR_ACCEPTS_S: Final = 1.0
@@ -136,18 +145,7 @@ _MAX_WAIT_FOR_ACCEPTS_S: Final = 1.0
 
 def _refuse_new_connections(arbiter: Any) -> None:
     listeners = list(arbiter.sockets.values())
-    for sock in listeners:
-        with contextlib.suppress(OSError):
-            _drop_new_handshakes(sock)
     _shut_down_when_accepted(listeners, time.monotonic() + _MAX_WAIT_FOR_ACCEPTS_S, arbiter.loop)
-
-
-def _drop_new_handshakes(sock: socket.socket) -> None:
-    """Attach a socket filter that drops every packet reaching the listening socket itself: no new
-    connection is completed, while those already completed stay queued for the workers."""
-    program = ctypes.create_string_buffer(_DROP_EVERY_PACKET, len(_DROP_EVERY_PACKET))
-    fprog = struct.pack("@HP", 1, ctypes.addressof(program))
-    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
 
 
 def _accept_queue(sock: socket.socket) -> int:

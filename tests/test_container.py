@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import API_KEYS, predict_through_a_stop
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "container_smoke.sh"
@@ -247,6 +248,47 @@ def test_image_serves_as_the_kubernetes_pod_runs_it(smoke: dict[str, Any]) -> No
         podman("rm", "--force", "--time", "10", name)
 
 
+def test_sigterm_to_the_container_loses_no_request(smoke: dict[str, Any]) -> None:
+    """SIGTERM to the container's PID 1 (`bentoml serve`, as Kubernetes sends it after the
+    preStop pause), with the default drain, under load from 32 keep-alive clients."""
+    name = f"iris-stop-{os.getpid()}"
+    port = free_port()
+    podman(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--env",
+        f"IRIS_API_KEYS={API_KEYS[0]}",
+        "--env",
+        f"PORT={port}",
+        "--env",
+        "BENTOML_HOST=127.0.0.1",
+        IMAGE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        smoke_http = [sys.executable, str(ROOT / "scripts" / "smoke_http.py")]
+        subprocess.run([*smoke_http, "wait", url, "--timeout", "90"], check=True, timeout=120)
+        outcomes, stopped_after = predict_through_a_stop(
+            url,
+            stop=lambda: podman("kill", "--signal", "TERM", name),
+            wait_stopped=lambda: podman("wait", name),
+        )
+        print(f"container stop under load: {dict(outcomes)}, exit after {stopped_after:.2f} s")
+        assert outcomes["lost"] == 0, outcomes
+        assert set(outcomes) <= {"ok", "refused"}, outcomes
+        assert outcomes["ok"] > 100
+        drain_s = 5  # configuration.yaml's shutdown.drain_s, inside the image
+        assert drain_s < stopped_after < drain_s + 5
+        assert podman("inspect", "--format", "{{.State.ExitCode}}", name).strip() == "0"
+        assert "new connections are refused" in podman("logs", name)
+    finally:
+        podman("rm", "--force", "--time", "10", name)
+
+
 def test_compose_file_resolves(smoke: dict[str, Any]) -> None:
     compose = shutil.which("podman-compose", path=str(Path(sys.executable).parent))
     assert compose, "podman-compose is pinned in requirements-dev.txt"
@@ -266,6 +308,7 @@ def test_compose_file_resolves(smoke: dict[str, Any]) -> None:
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     assert resolved["services"]["iris"]["environment"]["IRIS_API_KEYS"] == "compose-check-key"
+    assert resolved["services"]["iris"]["ulimits"]["nofile"] == {"soft": 65536, "hard": 65536}
     env.pop("IRIS_API_KEYS")
     missing = config(env)
     assert missing.returncode != 0, "compose must refuse to start without IRIS_API_KEYS"
