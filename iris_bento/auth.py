@@ -8,8 +8,8 @@ from typing import Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from iris_bento.errors import JSON_HEADERS, error_body
-from iris_bento.settings import api_keys
+from iris_bento.errors import error_body, error_headers
+from iris_bento.settings import MAX_KEY_BYTES, api_keys
 
 # Probes, metrics and the API schema (BentoML's own client reads /schema.json and /readyz before
 # it sends a key). Everything else needs a key, the docs UI included: BentoML's /docs.json names
@@ -19,8 +19,6 @@ PUBLIC_PATHS: Final = frozenset(
 )
 
 _CHALLENGE: Final = (b"www-authenticate", b'Bearer realm="iris", charset="UTF-8"')
-# Longer keys are refused without a comparison: comparing costs time in the key's length.
-MAX_KEY_BYTES: Final = 256
 
 
 def is_public(path: str) -> bool:
@@ -88,7 +86,7 @@ class ApiKeyMiddleware:
         else:
             status, detail = 401, "the API key is not valid"
         body = error_body(status, detail)
-        headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        headers = error_headers(body)
         if status == 401:
             headers.append(_CHALLENGE)
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -94,7 +94,7 @@ def _route_templates(routes: Iterable[BaseRoute], prefix: str = "") -> Iterator[
         if isinstance(route, Mount):
             if route.routes:
                 yield from _route_templates(route.routes, prefix + route.path)
-            else:  # static files
+            else:  # an app without routes of its own (static files) answers any path below
                 yield f"{prefix}{route.path}/{{path:path}}"
         elif isinstance(route, Route):
             yield prefix + route.path
@@ -121,7 +121,7 @@ async def _metrics_labelled_by_route(
     self: RunnerTrafficMetricsMiddleware, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """`RunnerTrafficMetricsMiddleware.__call__`, seeing the route template as the path."""
-    if scope["type"] == "http":
+    if scope["type"] in ("http", "websocket"):
         labels: RouteLabels | None = getattr(self, "route_labels", None)
         if labels is None:
             labels = self.route_labels = RouteLabels(_router_below(self.app))

@@ -37,6 +37,7 @@ log = logging.getLogger("iris_bento.connections")
 
 # How long a refused connection is kept half-closed, its input discarded.
 LINGER_S: Final = 1.0
+_UNLIMITED_OPEN_FILES: Final = 1 << 20
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -48,6 +49,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._awaiting_head = True
+        self._head_started = False
         self._head_bytes = 0
         self._head_deadline: asyncio.TimerHandle | None = None
         self._refused = False
@@ -78,12 +80,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(431, f"the request head exceeds {self.settings.max_head_bytes} bytes")
 
     def on_message_begin(self) -> None:
+        if self._refused:
+            return  # a request pipelined behind a refused one: never served
         super().on_message_begin()
-        self._awaiting_head = True
+        self._awaiting_head = self._head_started = True
         self._arm_head_deadline()
 
     def on_headers_complete(self) -> None:
-        self._awaiting_head = False
+        if self._refused:
+            return
+        self._awaiting_head = self._head_started = False
         self._head_bytes = 0
         self._disarm_head_deadline()
         limits = self.settings
@@ -104,10 +110,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self._refused:
             super().on_message_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._awaiting_head = True
-
     def _arm_head_deadline(self) -> None:
         if self._head_deadline is None:
             self._head_deadline = self.loop.call_later(
@@ -123,7 +125,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_deadline = None
         if self.transport.is_closing() or self._refused:
             return
-        if self._head_bytes == 0:
+        if not self._head_started:
             self.transport.close()  # nothing was asked: nothing to answer
             return
         self._refuse(
@@ -131,9 +133,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
 
     def _refuse(self, status: int, details: str) -> None:
-        """Answer in the error contract without reaching the application, then close."""
+        """Answer in the error contract without reaching the application, then close. Behind a
+        request still being answered (pipelined), that answer goes out and the connection then
+        closes: an answer of ours first would be taken for it."""
         self._refused = True
         self._disarm_head_deadline()
+        self._awaiting_head = False
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+            self._refusals.warn(status=status, details=details, client=self.client)
+            return
         request_id = uuid.uuid4().hex
         body = error_body(status, details)
         self.transport.write(
@@ -174,9 +183,14 @@ def guard_connections(settings: ConnectionSettings) -> None:
 def raise_open_file_limit() -> int:
     """Lift this worker's soft limit on open files to the hard one, as Go and nginx
     (`worker_rlimit_nofile`) do: each connection holds a descriptor, and many container runtimes
-    start processes at a soft limit of 1,024. Returns the limit now in force."""
+    start processes at a soft limit of 1,024. An unlimited hard limit gives 1,048,576, Linux's
+    default ceiling. Returns the limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft == hard:
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, _UNLIMITED_OPEN_FILES)
+    if soft >= target:
         return soft
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft
+    return target

@@ -11,8 +11,6 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-JSON_HEADERS: tuple[tuple[bytes, bytes], ...] = ((b"content-type", b"application/json"),)
-
 # Titles that read better than the bare HTTP reason phrases.
 _TITLES: dict[int, str] = {
     400: "invalid input",
@@ -40,6 +38,11 @@ def error_body(status: int, details: Any) -> bytes:
     """The JSON body of an error response."""
     payload = {"error": title_for(status), "code": status, "details": details}
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def error_headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    """The headers every error answer carries."""
+    return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
 
 def is_error_body(body: bytes) -> bool:

@@ -31,7 +31,7 @@ from typing import Any, Final
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iris_bento.auth import is_public
-from iris_bento.errors import JSON_HEADERS, error_body, is_error_body
+from iris_bento.errors import error_body, error_headers, is_error_body
 from iris_bento.lifecycle import closing_connections
 from iris_bento.schemas import FEATURE_SHAPE_TAGS
 from iris_bento.settings import ConnectionSettings, LimitSettings, project_settings
@@ -65,6 +65,11 @@ def _header(headers: Iterable[tuple[bytes, bytes]], wanted: bytes) -> bytes | No
         if name == wanted:
             return value
     return None
+
+
+def has_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    length = _header(headers, b"content-length")
+    return length not in (None, b"0") or _header(headers, b"transfer-encoding") is not None
 
 
 def field_path(loc: Iterable[Any]) -> str:
@@ -115,9 +120,12 @@ class _Exchange:
         self._send = send
         self.request_id = request_id
         self.max_body_bytes = max_body_bytes
-        self._last_headers = [(REQUEST_ID_HEADER, request_id.encode())]
-        if close_connection:
-            self._last_headers.append(CLOSE_CONNECTION)
+        self._request_id_header = (REQUEST_ID_HEADER, request_id.encode())
+        self.close_connection = close_connection
+        # True while the request still has body to come: an answer sent before all of it was
+        # read (a 401, 413, 415, 429, 504) closes the connection, since what follows on it is
+        # the rest of this body, not the next request.
+        self.body_pending = False
         self.status = 0
         self.body_too_large = False
         self._held: Message | None = None
@@ -128,7 +136,9 @@ class _Exchange:
         return self.status != 0
 
     def _headers(self, headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        return [*headers, *self._last_headers]
+        if self.close_connection or self.body_pending:
+            return [*headers, self._request_id_header, CLOSE_CONNECTION]
+        return [*headers, self._request_id_header]
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -175,7 +185,7 @@ class _Exchange:
         self, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()
     ) -> None:
         self.status = status
-        headers = [*headers, *JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        headers = [*headers, *error_headers(body)]
         if status in _RETRY_STATUSES and _header(headers, RETRY_AFTER[0]) is None:
             headers.append(RETRY_AFTER)
         await self._send(
@@ -212,8 +222,7 @@ class RequestMiddleware:
         length = _header(headers, b"content-length")
         if length is not None and length.isdigit() and int(length) > self._limits.max_body_bytes:
             return 413, too_large(self._limits.max_body_bytes)
-        has_body = length not in (None, b"0") or _header(headers, b"transfer-encoding") is not None
-        if has_body:
+        if has_body(headers):
             media_type = (_header(headers, b"content-type") or b"").split(b";")[0].strip()
             if not _JSON_MEDIA_TYPE.fullmatch(media_type.lower()):
                 return 415, SEND_JSON
@@ -231,6 +240,7 @@ class RequestMiddleware:
             close_connection=closing_connections()
             or self._chance.random() < self._close_probability,
         )
+        exchange.body_pending = has_body(scope["headers"])
         received = 0
 
         async def receive_within_limit() -> Message:
@@ -238,6 +248,7 @@ class RequestMiddleware:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
+                exchange.body_pending = message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self._limits.max_body_bytes:
                     exchange.body_too_large = True

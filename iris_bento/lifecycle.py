@@ -90,7 +90,7 @@ def drain_on_sigterm(drain_s: float) -> bool:
 
 def _begin_drain(server: uvicorn.Server, drain_s: float) -> None:
     if _worker.draining:
-        return  # a second SIGTERM (one to the process group, then the supervisor's)
+        return  # a second SIGTERM changes nothing
     _worker.draining = _worker.closing_connections = True
     log.warning("SIGTERM: draining", extra={"drain_s": drain_s})
     _worker.task = asyncio.create_task(_drain(server, drain_s))

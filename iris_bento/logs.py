@@ -46,25 +46,58 @@ def configure_json_logging() -> None:
                 handler.removeFilter(record_filter)
     logging.getLogger("bentoml._internal.server.http_app").addFilter(_not_a_client_error)
     logging.getLogger("iris_bento").setLevel(logging.INFO)
+    logging.getLogger("uvicorn.error").addFilter(
+        _RateLimitedMessage("Invalid HTTP request received.")
+    )
+    # BentoML gives these loggers a handler and lets them propagate to root's, the same handler
+    # again: every line would be written twice.
+    for name in ("uvicorn.error", "circus"):
+        logging.getLogger(name).propagate = False
 
 
-class RateLimitedWarning:
-    """One WARNING line per `interval_s` at most for one kind of event, counting the events it
+class RateLimit:
+    """One log line per `interval_s` at most for one kind of event, reporting how many events it
     stands for: a flood of bad clients must not become a flood of log lines."""
 
-    def __init__(self, logger: logging.Logger, message: str, interval_s: float = 10.0) -> None:
-        self._logger = logger
-        self._message = message
+    def __init__(self, interval_s: float = 10.0) -> None:
         self._interval_s = interval_s
         self._last = -interval_s
         self._events = 0
 
-    def warn(self, **fields: Any) -> None:
-        """Count one event; log it, with the count since the last line, unless one was logged
-        within the interval."""
+    def admit(self) -> int:
+        """Count one event: the events since the last line if a line is due now, else 0."""
         self._events += 1
         now = time.monotonic()
         if now - self._last < self._interval_s:
-            return
-        self._logger.warning(self._message, extra={**fields, "events": self._events})
-        self._last, self._events = now, 0
+            return 0
+        events, self._last, self._events = self._events, now, 0
+        return events
+
+
+class RateLimitedWarning:
+    """A WARNING the project logs for each of many events, at most once per interval."""
+
+    def __init__(self, logger: logging.Logger, message: str) -> None:
+        self._logger = logger
+        self._message = message
+        self._limit = RateLimit()
+
+    def warn(self, **fields: Any) -> None:
+        if events := self._limit.admit():
+            self._logger.warning(self._message, extra={**fields, "events": events})
+
+
+class _RateLimitedMessage(logging.Filter):
+    """The same bound for a message a library logs: uvicorn logs every unparsable request."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self._message = message
+        self._limit = RateLimit()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != self._message:
+            return True
+        events = self._limit.admit()
+        record.events = events
+        return events > 0

@@ -28,6 +28,9 @@ SETTINGS_KEY: Final = "iris"
 API_KEYS_ENV: Final = "IRIS_API_KEYS"
 MODEL_TAG_ENV: Final = "IRIS_MODEL_TAG"
 DEFAULT_MODEL_TAG: Final = "iris_clf:latest"
+# Longer keys are refused without a comparison (comparing costs time in the key's length), so
+# none can be configured either.
+MAX_KEY_BYTES: Final = 256
 
 
 class _Section(BaseModel):
@@ -109,9 +112,9 @@ class ProjectSettings(_Section):
         return self
 
 
-class MissingApiKeysError(BentoMLConfigException):
-    """Raised at start-up so the service refuses to run unauthenticated; BentoML's CLI prints a
-    configuration exception as its message alone."""
+class ApiKeysError(BentoMLConfigException):
+    """Raised at start-up so the service refuses to run unauthenticated, or with a key no client
+    could present; BentoML's CLI prints a configuration exception as its message alone."""
 
 
 def _service_config() -> dict[str, Any]:
@@ -147,9 +150,11 @@ def require_api_keys() -> tuple[str, ...]:
     """The keys, or an error saying what to set: the service refuses to run unauthenticated."""
     keys = api_keys()
     if not keys:
-        raise MissingApiKeysError(
+        raise ApiKeysError(
             f"{API_KEYS_ENV} is not set: set it to one or more comma-separated API keys"
         )
+    if any(len(key.encode()) > MAX_KEY_BYTES for key in keys):
+        raise ApiKeysError(f"{API_KEYS_ENV} holds a key longer than {MAX_KEY_BYTES} bytes")
     return keys
 
 

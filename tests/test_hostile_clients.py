@@ -275,3 +275,78 @@ def test_refused_heads_are_logged_without_flooding(server: RunningServer) -> Non
     assert refused and all(record["level"] == "WARNING" for record in refused)
     # At most one line per worker per 10 s, however many clients.
     assert len(refused) <= 2 * 2
+
+
+def test_an_answer_before_the_whole_body_closes_the_connection(server: RunningServer) -> None:
+    """A 401 sent before the body arrived: the rest of the body must not be read as the next
+    request (nor counted as its head)."""
+    body = b"x" * 40_000
+    with socket.create_connection(address(server), timeout=10) as connection:
+        connection.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: iris\r\nx-api-key: wrong\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
+        )
+        time.sleep(0.2)
+        send_ignoring_resets(connection, body + b"GET /health HTTP/1.1\r\nHost: iris\r\n\r\n")
+        raw = answer(connection)
+    assert raw.startswith(b"HTTP/1.1 401")
+    assert b"\r\nconnection: close\r\n" in raw.lower()
+    assert b"HTTP/1.1 431" not in raw
+    assert b"HTTP/1.1 408" not in raw
+
+
+def test_requests_pipelined_with_a_refused_head_are_never_served(server: RunningServer) -> None:
+    too_many = b"".join(b"x-h%d: v\r\n" % n for n in range(101))
+    refused = b"GET /health HTTP/1.1\r\nHost: iris\r\n" + too_many + b"\r\n"
+    health = b"GET /health HTTP/1.1\r\nHost: iris\r\n\r\n"
+    predict = json.dumps(example("predict")).encode()
+    valid = (
+        b"POST /predict HTTP/1.1\r\nHost: iris\r\ncontent-type: application/json\r\n"
+        + f"x-api-key: {API_KEYS[0]}\r\ncontent-length: {len(predict)}\r\n\r\n".encode()
+        + predict
+    )
+    with socket.create_connection(address(server), timeout=10) as connection:
+        connection.sendall(refused + health)
+        first = answer(connection)
+    with socket.create_connection(address(server), timeout=10) as connection:
+        connection.sendall(valid + refused)
+        second = answer(connection)
+    assert first.startswith(b"HTTP/1.1 431") and first.count(b"HTTP/1.1") == 1
+    # The valid request gets its own answer; the one behind it none, and the connection closes.
+    assert second.startswith(b"HTTP/1.1 200") and second.count(b"HTTP/1.1") == 1
+    time.sleep(0.5)
+    assert not any('"unhandled error"' in line for line in server.log_lines())
+
+
+def test_websocket_upgrades_to_unknown_paths_add_no_series(server: RunningServer) -> None:
+    def upgrade(path: str) -> None:
+        with socket.create_connection(address(server), timeout=5) as connection:
+            connection.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: iris\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            answer(connection, timeout_s=5)
+
+    for n in range(20):
+        upgrade(f"/ws-warm-up-{n}")
+    before = series(server.url)
+    for n in range(300):
+        upgrade(f"/ws-{n}")
+    after = series(server.url)
+    assert not any("/ws-" in line for line in after)
+    assert after == before
+
+
+def test_unparsable_requests_are_logged_once_in_a_while(server: RunningServer) -> None:
+    def logged() -> int:
+        return sum("Invalid HTTP request received." in line for line in server.log_lines())
+
+    already = logged()
+    for _ in range(200):
+        with socket.create_connection(address(server), timeout=5) as connection:
+            connection.sendall(b"BAD\r\n\r\n")
+            answer(connection)
+    time.sleep(0.5)
+    # At most one line per worker per 10 s (and never the same line twice).
+    assert logged() - already <= 2

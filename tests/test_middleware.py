@@ -17,13 +17,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from iris_bento import auth
-from iris_bento.auth import MAX_KEY_BYTES, PUBLIC_PATHS, ApiKeyMiddleware
+from iris_bento.auth import PUBLIC_PATHS, ApiKeyMiddleware
 from iris_bento.http import RequestMiddleware, field_path
 from iris_bento.settings import (
+    MAX_KEY_BYTES,
+    ApiKeysError,
     BatchingSettings,
     ConnectionSettings,
     LimitSettings,
-    MissingApiKeysError,
     ProjectSettings,
     require_api_keys,
 )
@@ -193,10 +194,16 @@ def test_cors_preflight_passes_and_401s_carry_cors_headers() -> None:
 
 def test_the_service_refuses_to_start_without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IRIS_API_KEYS", " , ")
-    with pytest.raises(MissingApiKeysError, match="IRIS_API_KEYS"):
+    with pytest.raises(ApiKeysError, match="IRIS_API_KEYS"):
         require_api_keys()
     monkeypatch.setenv("IRIS_API_KEYS", " a-key ,second ")
     assert require_api_keys() == ("a-key", "second")
+
+
+def test_the_service_refuses_a_key_no_client_could_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IRIS_API_KEYS", "short," + "k" * (MAX_KEY_BYTES + 1))
+    with pytest.raises(ApiKeysError, match="longer than 256 bytes"):
+        require_api_keys()
 
 
 def test_without_keys_the_middleware_accepts_nothing() -> None:

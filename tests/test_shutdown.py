@@ -42,8 +42,9 @@ def draining_server(log_dir: Path) -> AbstractContextManager[RunningServer]:
 
 @pytest.mark.parametrize("target", ["supervisor", "process-group"])
 def test_sigterm_under_load_loses_no_request(model_tag: str, tmp_path: Path, target: str) -> None:
-    """SIGTERM to `bentoml serve` (a container's PID 1), or to its whole process group (a
-    terminal, `timeout`, `kill -- -PGID`): every request the server accepted is answered."""
+    """SIGTERM to `bentoml serve` (a container's PID 1), or to its process group (`kill --
+    -PGID`, `timeout`; circus runs each worker in a session of its own, so only the supervisor
+    gets it there too): every request the server accepted is answered."""
     with draining_server(tmp_path) as server:
         pid = server.process.pid
         kill = os.kill if target == "supervisor" else os.killpg
