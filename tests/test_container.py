@@ -197,14 +197,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_image_serves_as_the_kubernetes_pod_runs_it(smoke: dict[str, Any]) -> None:
-    """The Deployment's settings: the ConfigMap's configuration.yaml mounted read-only at
-    /etc/iris with BENTOML_CONFIG pointing at it, the image's numeric user, a read-only root
-    filesystem with only /tmp writable, no capabilities, no privilege escalation."""
-    name = f"iris-pod-{os.getpid()}"
+SMOKE_HTTP = [sys.executable, str(ROOT / "scripts" / "smoke_http.py")]
+
+
+def start_container(name: str, key: str, *options: str) -> str:
+    """The image, detached on the host network with `options`, serving `key` on a free
+    loopback port; its URL once ready."""
     port = free_port()
-    key = "pod-check-key"
-    config = ROOT / "deploy" / "k8s" / "configuration.yaml"
     podman(
         "run",
         "--detach",
@@ -212,20 +211,7 @@ def test_image_serves_as_the_kubernetes_pod_runs_it(smoke: dict[str, Any]) -> No
         name,
         "--network",
         "host",
-        "--read-only",
-        "--read-only-tmpfs=false",
-        "--tmpfs",
-        POD_TMPFS,
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges",
-        "--user",
-        "1034:1034",
-        "--volume",
-        f"{config}:/etc/iris/configuration.yaml:ro",
-        "--env",
-        "BENTOML_CONFIG=/etc/iris/configuration.yaml",
+        *options,
         "--env",
         f"IRIS_API_KEYS={key}",
         "--env",
@@ -234,44 +220,53 @@ def test_image_serves_as_the_kubernetes_pod_runs_it(smoke: dict[str, Any]) -> No
         "BENTOML_HOST=127.0.0.1",
         IMAGE,
     )
+    url = f"http://127.0.0.1:{port}"
+    subprocess.run([*SMOKE_HTTP, "wait", url, "--timeout", "90"], check=True, timeout=120)
+    return url
+
+
+def test_image_serves_as_the_kubernetes_pod_runs_it(smoke: dict[str, Any]) -> None:
+    """The Deployment's settings: the ConfigMap's configuration.yaml mounted read-only at
+    /etc/iris with BENTOML_CONFIG pointing at it, the image's numeric user, a read-only root
+    filesystem with only /tmp writable, no capabilities, no privilege escalation."""
+    name = f"iris-pod-{os.getpid()}"
+    key = "pod-check-key"
+    config = ROOT / "deploy" / "k8s" / "configuration.yaml"
     try:
-        smoke_http = [sys.executable, str(ROOT / "scripts" / "smoke_http.py")]
-        url = f"http://127.0.0.1:{port}"
-        subprocess.run([*smoke_http, "wait", url, "--timeout", "90"], check=True, timeout=120)
+        url = start_container(
+            name,
+            key,
+            "--read-only",
+            "--read-only-tmpfs=false",
+            "--tmpfs",
+            POD_TMPFS,
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--user",
+            "1034:1034",
+            "--volume",
+            f"{config}:/etc/iris/configuration.yaml:ro",
+            "--env",
+            "BENTOML_CONFIG=/etc/iris/configuration.yaml",
+        )
         checks = subprocess.run(
-            [*smoke_http, "check", url, "--key", key], capture_output=True, text=True, timeout=60
+            [*SMOKE_HTTP, "check", url, "--key", key], capture_output=True, text=True, timeout=60
         )
         assert checks.returncode == 0, checks.stdout + checks.stderr
         logs = podman("logs", name)
         assert "/etc/iris/configuration.yaml" in logs, "the mounted configuration is the one used"
     finally:
-        podman("rm", "--force", "--time", "10", name)
+        podman("rm", "--force", "--ignore", "--time", "10", name)
 
 
 def test_sigterm_to_the_container_loses_no_request(smoke: dict[str, Any]) -> None:
     """SIGTERM to the container's PID 1 (`bentoml serve`, as Kubernetes sends it after the
     preStop pause), with the default drain, under load from 32 keep-alive clients."""
     name = f"iris-stop-{os.getpid()}"
-    port = free_port()
-    podman(
-        "run",
-        "--detach",
-        "--name",
-        name,
-        "--network",
-        "host",
-        "--env",
-        f"IRIS_API_KEYS={API_KEYS[0]}",
-        "--env",
-        f"PORT={port}",
-        "--env",
-        "BENTOML_HOST=127.0.0.1",
-        IMAGE,
-    )
     try:
-        url = f"http://127.0.0.1:{port}"
-        smoke_http = [sys.executable, str(ROOT / "scripts" / "smoke_http.py")]
-        subprocess.run([*smoke_http, "wait", url, "--timeout", "90"], check=True, timeout=120)
+        url = start_container(name, API_KEYS[0])
         outcomes, stopped_after = predict_through_a_stop(
             url,
             stop=lambda: podman("kill", "--signal", "TERM", name),
@@ -286,7 +281,7 @@ def test_sigterm_to_the_container_loses_no_request(smoke: dict[str, Any]) -> Non
         assert podman("inspect", "--format", "{{.State.ExitCode}}", name).strip() == "0"
         assert "new connections are refused" in podman("logs", name)
     finally:
-        podman("rm", "--force", "--time", "10", name)
+        podman("rm", "--force", "--ignore", "--time", "10", name)
 
 
 def test_compose_file_resolves(smoke: dict[str, Any]) -> None:
