@@ -9,7 +9,7 @@ PORT ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 export BENTOML_CONFIG := $(CURDIR)/configuration.yaml
 
-.PHONY: serve test lint train bento clean bench
+.PHONY: serve test lint train bento clean bench check-config
 
 # The venv is rebuilt whenever a pin changes.
 $(BIN)/.installed: requirements.txt requirements-dev.txt
@@ -29,6 +29,12 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Check a configuration file as `bentoml serve` would, without serving (a ConfigMap before a
+# rollout): `make check-config CONFIG=deploy/k8s/configuration.yaml`.
+CONFIG ?= configuration.yaml
+check-config: $(BIN)/.installed
+	BENTOML_CONFIG=$(abspath $(CONFIG)) $(BIN)/python -m iris_bento.config_check
 
 bento: $(BIN)/.installed
 	$(BIN)/bentoml build

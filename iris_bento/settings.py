@@ -20,6 +20,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    ValidationError,
     model_validator,
 )
 
@@ -117,6 +118,25 @@ class ApiKeysError(BentoMLConfigException):
     could present; BentoML's CLI prints a configuration exception as its message alone."""
 
 
+class SettingsError(BentoMLConfigException):
+    """A project setting that is not valid, said in one line: the setting, its value, what is
+    allowed. `bentoml serve` stops with it before any worker starts."""
+
+
+def describe(error: ValidationError) -> str:
+    """pydantic's errors as one line of settings, named as they are written in the file."""
+    problems = []
+    for problem in error.errors():
+        name = ".".join(["services", SERVICE_NAME, SETTINGS_KEY, *map(str, problem["loc"])])
+        if problem["type"] == "extra_forbidden":
+            problems.append(f"{name} is not a setting")
+        elif problem["type"] == "value_error":
+            problems.append(problem["msg"].removeprefix("Value error, "))
+        else:
+            problems.append(f"{name} = {problem['input']!r}: {problem['msg']}")
+    return "invalid configuration: " + "; ".join(problems)
+
+
 def _service_config() -> dict[str, Any]:
     return BentoMLContainer.config.services[SERVICE_NAME].get() or {}
 
@@ -126,7 +146,10 @@ def project_settings() -> ProjectSettings:
     """The project's section of the loaded BentoML configuration, validated once: the
     configuration is fixed for the life of a process, and `/batch_predict` reads its limit
     on every request."""
-    return ProjectSettings.model_validate(_service_config().get(SETTINGS_KEY, {}))
+    try:
+        return ProjectSettings.model_validate(_service_config().get(SETTINGS_KEY, {}))
+    except ValidationError as error:
+        raise SettingsError(describe(error)) from None
 
 
 def worker_count() -> int | str:

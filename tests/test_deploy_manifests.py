@@ -207,11 +207,14 @@ def test_security_context_matches_the_image(
 def test_grace_period_outlasts_the_services_shutdown(
     objects: dict[str, dict[str, Any]], container: dict[str, Any]
 ) -> None:
-    config = load_yaml(ROOT / "configuration.yaml")
-    traffic_timeout = config["services"]["IrisClassifier"]["traffic"]["timeout"]
+    """The preStop pause, the drain, then the slowest request in flight (its deadline, or
+    BentoML's traffic timeout behind it), then about a second for the workers to exit."""
+    service = load_yaml(ROOT / "configuration.yaml")["services"]["IrisClassifier"]
+    drain = service["iris"]["shutdown"]["drain_s"]
+    slowest = max(service["iris"]["limits"]["request_timeout_s"], service["traffic"]["timeout"])
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     grace = objects["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > pre_stop + traffic_timeout
+    assert grace >= pre_stop + drain + slowest + 2
 
 
 def test_image_build_uses_the_pinned_uv() -> None:
