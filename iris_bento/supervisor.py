@@ -30,6 +30,7 @@ tests/test_supervisor.py fails when BentoML or circus change what this relies on
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -187,12 +188,26 @@ def _signal_name(number: int) -> str:
         return f"SIG{number}"
 
 
+class PortInUse(BentoMLException):
+    """The listening address is taken; BentoML's CLI prints it as one line and exits 1, where
+    circus's own error is a 50-line traceback."""
+
+
 def _initialize_and_supervise(
     arbiter: Arbiter, settings: SupervisorSettings, drain_s: float
 ) -> None:
-    """circus's `Arbiter.initialize` (BentoML's arbiter has none of its own), then supervision,
-    and the stop in order of `iris_bento.lifecycle`."""
-    CircusArbiter.initialize(arbiter)
+    """circus's `Arbiter.initialize` (BentoML's arbiter has none of its own; it binds the
+    listening socket), then supervision, and the stop in order of `iris_bento.lifecycle`."""
+    try:
+        CircusArbiter.initialize(arbiter)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        taken = ", ".join(f"{sock.host}:{sock.port}" for sock in arbiter.sockets.values())
+        raise PortInUse(
+            f"{taken} is already in use: stop what listens there, or serve on another port "
+            "(make serve PORT=..., bentoml serve --port ...)"
+        ) from None
     WorkerSupervisor(arbiter, settings).attach()
     for watcher in arbiter.watchers:
         watcher._resolve_hook("before_stop", close_listener_after(drain_s), ignore_failure=True)

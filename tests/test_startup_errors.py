@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,26 @@ def test_an_invalid_project_setting_stops_the_start_in_one_line(model_tag: str) 
     assert "greater than 0" in errors[0]
     assert "Traceback" not in output
     assert "service ready" not in output, "no worker started"
+
+
+def test_a_busy_port_stops_the_start_in_one_line(model_tag: str) -> None:
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        result = subprocess.run(
+            [str(BIN / "bentoml"), "serve", "service:IrisClassifier", "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, output
+    assert f":{port} is already in use" in errors[0]
+    assert "Traceback" not in output
 
 
 def check_config(path: Path, overrides: str | None = None) -> subprocess.CompletedProcess[str]:
