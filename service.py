@@ -29,7 +29,12 @@ from iris_bento.batching import MicroBatcher
 from iris_bento.bentoml_fixes import fix_timeout_middleware, label_metrics_by_route
 from iris_bento.connections import guard_connections, raise_open_file_limit
 from iris_bento.errors import ApiError
-from iris_bento.features import CLASS_NAMES, FEATURE_NAMES, MODEL_NAME
+from iris_bento.features import (
+    CLASS_NAMES,
+    FEATURE_NAMES,
+    MODEL_NAME,
+    require_service_features,
+)
 from iris_bento.http import RequestMiddleware
 from iris_bento.inference import load_predict_proba
 from iris_bento.lifecycle import drain_on_sigterm, draining
@@ -92,6 +97,13 @@ class IrisClassifier:
         require_api_keys()
 
     @bentoml.on_deployment
+    def refuse_a_model_it_cannot_serve() -> None:  # type: ignore[misc]
+        """Runs once in `bentoml serve` before any worker: one line rather than workers that
+        fail to start until the crash-loop bound stops the server."""
+        model = IrisClassifier.inner.model_ref.resolve()
+        require_service_features(str(model.tag), model.info.metadata)
+
+    @bentoml.on_deployment
     def set_up_supervisor() -> None:  # type: ignore[misc]
         """Runs once in `bentoml serve` before its supervisor starts: its log lines in JSON, dead
         workers replaced at once, and on SIGTERM the listening socket closed after the drain."""
@@ -111,11 +123,7 @@ class IrisClassifier:
         open_files = raise_open_file_limit()
         drain_on_sigterm(settings.shutdown.drain_s)
         metadata = self.model_ref.info.metadata
-        if tuple(metadata.get("feature_names", FEATURE_NAMES)) != FEATURE_NAMES:
-            raise ValueError(
-                f"{self.model_ref.tag} was trained on features {metadata['feature_names']}, "
-                f"the service sends {list(FEATURE_NAMES)}"
-            )
+        require_service_features(str(self.model_ref.tag), metadata)
         predict_proba, inference = load_predict_proba(Path(self.model_ref.path))
         self.model_version = self.model_ref.tag.version or ""
         self.classes = tuple(metadata.get("class_names", CLASS_NAMES))

@@ -63,6 +63,34 @@ def test_a_busy_port_stops_the_start_in_one_line(model_tag: str) -> None:
     assert "Traceback" not in output
 
 
+def test_a_model_trained_on_other_features_stops_the_start_in_one_line(model_tag: str) -> None:
+    import bentoml
+
+    reordered = ["petal_length", "petal_width", "sepal_length", "sepal_width"]
+    # Its own name: the suite's iris_clf:latest stays the real model.
+    with bentoml.models.create(
+        "iris_clf_reordered", metadata={"feature_names": reordered}
+    ) as model:
+        pass
+    env = {**os.environ, "IRIS_MODEL_TAG": str(model.tag)}
+    result = subprocess.run(
+        [str(BIN / "bentoml"), "serve", "service:IrisClassifier", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    bentoml.models.delete(model.tag)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, output
+    assert f"{model.tag} was trained on features {reordered}" in errors[0]
+    assert "Traceback" not in output
+    assert "service ready" not in output, "no worker started"
+
+
 def check_config(path: Path, overrides: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BENTOML_CONFIG": str(path)}
     env.pop("BENTOML_CONFIG_OVERRIDES", None)
