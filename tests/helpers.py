@@ -52,6 +52,32 @@ def live_children(pid: int) -> set[int]:
     return alive
 
 
+def refused_start(env: dict[str, str], port: int | None = None) -> str:
+    """`bentoml serve` with `env`, expected to stop before any worker with exit 1 and one
+    line, no traceback: that line."""
+    result = subprocess.run(
+        [
+            str(BIN / "bentoml"),
+            "serve",
+            "service:IrisClassifier",
+            "--port",
+            str(port or free_port()),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, output
+    assert "Traceback" not in output
+    assert "service ready" not in output, "no worker started"
+    return errors[0]
+
+
 @dataclass
 class RunningServer:
     url: str

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import BIN, ROOT, free_port
+from helpers import ROOT, free_port, refused_start
 
 pytestmark = pytest.mark.server
 
@@ -21,26 +21,10 @@ def project_override(section: dict[str, object]) -> str:
 
 
 def test_an_invalid_project_setting_stops_the_start_in_one_line(model_tag: str) -> None:
-    env = {
-        **os.environ,
-        "BENTOML_CONFIG_OVERRIDES": project_override({"batching": {"max_batch_rows": -1}}),
-    }
-    result = subprocess.run(
-        [str(BIN / "bentoml"), "serve", "service:IrisClassifier", "--port", str(free_port())],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1
-    errors = [line for line in output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, output
-    assert "services.IrisClassifier.iris.batching.max_batch_rows = -1" in errors[0]
-    assert "greater than 0" in errors[0]
-    assert "Traceback" not in output
-    assert "service ready" not in output, "no worker started"
+    overrides = project_override({"batching": {"max_batch_rows": -1}})
+    error = refused_start({**os.environ, "BENTOML_CONFIG_OVERRIDES": overrides})
+    assert "services.IrisClassifier.iris.batching.max_batch_rows = -1" in error
+    assert "greater than 0" in error
 
 
 def test_a_busy_port_stops_the_start_in_one_line(model_tag: str) -> None:
@@ -48,19 +32,8 @@ def test_a_busy_port_stops_the_start_in_one_line(model_tag: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        result = subprocess.run(
-            [str(BIN / "bentoml"), "serve", "service:IrisClassifier", "--port", str(port)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1
-    errors = [line for line in output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, output
-    assert f":{port} is already in use" in errors[0]
-    assert "Traceback" not in output
+        error = refused_start(dict(os.environ), port)
+    assert f":{port} is already in use" in error
 
 
 def test_a_model_trained_on_other_features_stops_the_start_in_one_line(model_tag: str) -> None:
@@ -72,23 +45,11 @@ def test_a_model_trained_on_other_features_stops_the_start_in_one_line(model_tag
         "iris_clf_reordered", metadata={"feature_names": reordered}
     ) as model:
         pass
-    env = {**os.environ, "IRIS_MODEL_TAG": str(model.tag)}
-    result = subprocess.run(
-        [str(BIN / "bentoml"), "serve", "service:IrisClassifier", "--port", str(free_port())],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    bentoml.models.delete(model.tag)
-    output = result.stdout + result.stderr
-    assert result.returncode == 1
-    errors = [line for line in output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, output
-    assert f"{model.tag} was trained on features {reordered}" in errors[0]
-    assert "Traceback" not in output
-    assert "service ready" not in output, "no worker started"
+    try:
+        error = refused_start({**os.environ, "IRIS_MODEL_TAG": str(model.tag)})
+    finally:
+        bentoml.models.delete(model.tag)
+    assert f"{model.tag} was trained on features {reordered}" in error
 
 
 def check_config(path: Path, overrides: str | None = None) -> subprocess.CompletedProcess[str]:
