@@ -214,7 +214,7 @@ class RequestMiddleware:
         self._chance = chance or random.Random()  # noqa: S311 (spreading load, not a secret)
         self._in_flight = 0
 
-    def _rejection(self, scope: Scope) -> tuple[int, str] | None:
+    def _rejection(self, scope: Scope, body_expected: bool) -> tuple[int, str] | None:
         """Checks that need only the request line and headers."""
         headers = scope["headers"]
         if self._in_flight >= self._limits.max_in_flight and not is_public(scope["path"]):
@@ -222,7 +222,7 @@ class RequestMiddleware:
         length = _header(headers, b"content-length")
         if length is not None and length.isdigit() and int(length) > self._limits.max_body_bytes:
             return 413, too_large(self._limits.max_body_bytes)
-        if has_body(headers):
+        if body_expected:
             media_type = (_header(headers, b"content-type") or b"").split(b";")[0].strip()
             if not _JSON_MEDIA_TYPE.fullmatch(media_type.lower()):
                 return 415, SEND_JSON
@@ -240,7 +240,8 @@ class RequestMiddleware:
             close_connection=closing_connections()
             or self._chance.random() < self._close_probability,
         )
-        exchange.body_pending = has_body(scope["headers"])
+        body_expected = has_body(scope["headers"])
+        exchange.body_pending = body_expected
         received = 0
 
         async def receive_within_limit() -> Message:
@@ -256,7 +257,7 @@ class RequestMiddleware:
             return message
 
         try:
-            rejection = self._rejection(scope)
+            rejection = self._rejection(scope, body_expected)
             if rejection is not None:
                 status, details = rejection
                 await exchange.send_error_body(status, error_body(status, details))
