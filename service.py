@@ -38,7 +38,7 @@ from iris_bento.features import (
     require_service_features,
 )
 from iris_bento.http import RequestMiddleware
-from iris_bento.inference import load_predict_proba
+from iris_bento.inference import load_predict_proba, require_model_files
 from iris_bento.lifecycle import drain_on_sigterm, draining
 from iris_bento.logs import configure_json_logging
 from iris_bento.schemas import (
@@ -115,6 +115,7 @@ class IrisClassifier:
         fail to start until the crash-loop bound stops the server."""
         model = IrisClassifier.inner.model_ref.resolve()
         require_service_features(str(model.tag), model.info.metadata)
+        require_model_files(str(model.tag), Path(model.path))
 
     @bentoml.on_deployment
     def set_up_supervisor() -> None:  # type: ignore[misc]

@@ -42,4 +42,8 @@ PY
 )
 export BENTOML_CONFIG_OVERRIDES
 
+# A mistake in the configuration or in the model store entry, said in one line before any worker
+# starts (`bentoml serve` says BentoML's own in several lines, or a traceback for broken YAML).
+python -m iris_bento.config_check --model >/dev/null
+
 exec bentoml serve service:IrisClassifier --host "${HOST:-127.0.0.1}" --port "${PORT:-3000}"
