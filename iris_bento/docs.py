@@ -173,6 +173,18 @@ def describe_api(spec: dict[str, Any], model_tag: str, public_paths: frozenset[s
             "responses": {"200": _json_response("The service and its model", "Health")},
         }
     }
+    doc["paths"]["/schema.json"] = {
+        "get": {
+            "tags": ["Infrastructure"],
+            "description": "The service's schema, which BentoML's client reads before it calls.",
+            "responses": {
+                "200": {
+                    "description": "The schema",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    }
     for path, item in doc["paths"].items():
         for operation in item.values():
             if path in public_paths:

@@ -22,7 +22,7 @@ from helpers import API_KEYS, BIN, ROOT, RunningServer, example, start_server
 from iris_bento.docs import project_version
 
 API_ROUTES = ("/predict", "/batch_predict")
-PUBLIC_ROUTES = ("/health", "/livez", "/readyz", "/healthz", "/metrics")
+PUBLIC_ROUTES = ("/health", "/livez", "/readyz", "/healthz", "/metrics", "/schema.json")
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 IN_CI = os.environ.get("CI", "").lower() == "true"
