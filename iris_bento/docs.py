@@ -10,16 +10,14 @@ holds the browser to; the document is BentoML's, rewritten to describe this proj
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Callable
-from functools import cache
-from pathlib import Path
 from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from iris_bento import PROJECT_DIR, project_version
 from iris_bento.schemas import Health
 
 # The paths of the docs UI: public when `iris.docs.public` is on.
@@ -127,21 +125,13 @@ _UNUSED_SCHEMAS: Final = (
 )
 
 
-# The project's folder, or the Bento's copy of it: pyproject.toml and examples/ come along.
-_PROJECT: Final = Path(__file__).resolve().parents[1]
 # The request examples "Try it out" starts from: the README's payloads, in examples/.
 _EXAMPLES: Final = {"/predict": ("predict", "predict_named"), "/batch_predict": ("batch_predict",)}
 
 
-@cache
-def project_version() -> str:
-    """The project's version, from pyproject.toml."""
-    return tomllib.loads((_PROJECT / "pyproject.toml").read_text())["project"]["version"]
-
-
 def _examples(path: str) -> dict[str, Any]:
     return {
-        name: {"value": json.loads((_PROJECT / "examples" / f"{name}.json").read_text())}
+        name: {"value": json.loads((PROJECT_DIR / "examples" / f"{name}.json").read_text())}
         for name in _EXAMPLES.get(path, ())
     }
 

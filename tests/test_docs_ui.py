@@ -19,7 +19,7 @@ import pytest
 import requests
 from helpers import API_KEYS, BIN, ROOT, RunningServer, example, start_server
 
-from iris_bento.docs import project_version
+from iris_bento import project_version
 
 API_ROUTES = ("/predict", "/batch_predict")
 PUBLIC_ROUTES = ("/health", "/livez", "/readyz", "/healthz", "/metrics", "/schema.json")
