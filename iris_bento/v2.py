@@ -32,7 +32,7 @@ from iris_bento import project_version
 from iris_bento.batching import MicroBatcher
 from iris_bento.errors import InvalidInput, NotFound, renders_api_errors
 from iris_bento.features import FEATURE_NAMES, MODEL_NAME
-from iris_bento.schemas import Measurement, RequestId, field_path
+from iris_bento.schemas import FeatureList, Measurement, RequestId, field_path
 from iris_bento.settings import project_settings
 
 SERVER_NAME: Final = "iris-bento"
@@ -66,7 +66,7 @@ def _layout(value: Any) -> str | None:
 
 
 TensorData = Annotated[
-    Annotated[list[Measurement], Tag("flat")] | Annotated[list[list[Measurement]], Tag("nested")],
+    Annotated[list[Measurement], Tag("flat")] | Annotated[list[FeatureList], Tag("nested")],
     Discriminator(
         _layout,
         custom_error_type="tensor_data",
@@ -336,7 +336,6 @@ def tighten_tensor_schema(schemas: dict[str, Any], max_rows: int) -> None:
     flat, nested = tensor["data"]["oneOf"]
     flat.update(minItems=width, maxItems=width * max_rows)
     nested.update(minItems=1, maxItems=max_rows)
-    nested["items"].update(minItems=width, maxItems=width)
 
 
 def _flag(name: str) -> dict[str, Any]:

@@ -168,6 +168,8 @@ GOOD = [5.1, 3.5, 1.4, 0.2]
             {"inputs": [{**tensor([GOOD, GOOD]), "data": [GOOD, [1, 2, -1, 3]]}]},
             "inputs[0].data[1][2]",
         ),
+        ({"inputs": [{**tensor([GOOD, GOOD]), "data": [GOOD, GOOD[:2]]}]}, "inputs[0].data[1]"),
+        ({"inputs": [{**tensor([GOOD, GOOD]), "data": [GOOD, [*GOOD, 1]]}]}, "inputs[0].data[1]"),
         ({"inputs": [{**tensor([GOOD]), "data": [5.1, True, 1.4, 0.2]}]}, "inputs[0].data[1]"),
         ({"inputs": [{**tensor([GOOD]), "data": [5.1, "x", 1.4, 0.2]}]}, "inputs[0].data[1]"),
         ({"inputs": [tensor([GOOD], "INT32")]}, "inputs[0].datatype"),
@@ -186,6 +188,8 @@ GOOD = [5.1, 3.5, 1.4, 0.2]
     ids=[
         "out of range",
         "nested out of range",
+        "a short row",
+        "a long row",
         "a boolean",
         "a string",
         "datatype",
