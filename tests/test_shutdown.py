@@ -89,6 +89,9 @@ def test_a_draining_server_is_not_ready_closes_connections_then_refuses(
             assert ready.status_code == 503
             assert ready.json()["code"] == 503
             assert ready.headers["retry-after"] == "1"
+            for path in ("/v2/health/ready", "/v2/models/iris_clf/ready"):
+                v2_ready = session.get(f"{server.url}{path}", headers=AUTH, timeout=5)
+                assert (v2_ready.status_code, v2_ready.json()["code"]) == (503, 503), path
             predicted = session.post(
                 f"{server.url}/predict", json=example("predict"), headers=AUTH, timeout=5
             )
