@@ -66,44 +66,59 @@ def file_mistake() -> str | None:
     return None
 
 
-def main(argv: list[str]) -> int:
+class Mistake(Exception):
+    """A mistake in the configuration or the model store entry, said in one line."""
+
+
+def check(with_model: bool) -> str:
+    """The configuration's summary, as `bentoml serve` would load it; with `with_model`, also
+    the model store entry it would serve. Raises `Mistake`."""
     from bentoml.exceptions import BentoMLException
 
     # The check says one line: not BentoML's "Applying user config override" lines, nor its own
     # logged copy of an error the check reports.
-    logging.getLogger("bentoml").setLevel(logging.CRITICAL)
-    if mistake := file_mistake():
-        print(mistake, file=sys.stderr)
-        return 1
+    bentoml_logs = logging.getLogger("bentoml")
+    level = bentoml_logs.level
+    bentoml_logs.setLevel(logging.CRITICAL)
     try:
-        # BentoML reads BENTOML_CONFIG as it loads; `inject_config` applies its schema for the
-        # service as `bentoml serve` does; then the project's own section.
-        import bentoml
-
-        service = bentoml.load(SERVICE)
-        service.inject_config()
-        from iris_bento.settings import project_settings, worker_count
-
-        settings, workers = project_settings(), worker_count()
-    except BentoMLException as error:
-        print(one_line(str(error)), file=sys.stderr)
-        return 1
-    served = ""
-    if "--model" in argv:
-        model = service.inner.model_ref
+        if mistake := file_mistake():
+            raise Mistake(mistake)
         try:
-            service.inner.refuse_a_model_it_cannot_serve()
+            # BentoML reads BENTOML_CONFIG as it loads; `inject_config` applies its schema for
+            # the service as `bentoml serve` does; then the project's own section.
+            import bentoml
+
+            service = bentoml.load(SERVICE)
+            service.inject_config()
+            from iris_bento.settings import project_settings, worker_count
+
+            settings, workers = project_settings(), worker_count()
         except BentoMLException as error:
-            print(" ".join(str(error).split()), file=sys.stderr)
-            return 1
-        except yaml.YAMLError as error:
-            print(say_yaml_error(f"{model.tag} in the model store", error), file=sys.stderr)
-            return 1
-        served = f", model {model.tag}"
-    print(
+            raise Mistake(one_line(str(error))) from None
+        served = ""
+        if with_model:
+            model = service.inner.model_ref
+            try:
+                service.inner.refuse_a_model_it_cannot_serve()
+            except BentoMLException as error:
+                raise Mistake(" ".join(str(error).split())) from None
+            except yaml.YAMLError as error:
+                raise Mistake(say_yaml_error(f"{model.tag} in the model store", error)) from None
+            served = f", model {model.tag}"
+    finally:
+        bentoml_logs.setLevel(level)
+    return (
         f"{os.environ.get('BENTOML_CONFIG', '(BentoML defaults)')}: valid "
         f"({workers} workers, drain {settings.shutdown.drain_s:g} s{served})"
     )
+
+
+def main(argv: list[str]) -> int:
+    try:
+        print(check(with_model="--model" in argv))
+    except Mistake as mistake:
+        print(mistake, file=sys.stderr)
+        return 1
     return 0
 
 

@@ -27,23 +27,6 @@ if [[ -z "${IRIS_API_KEYS:-}" ]]; then
 BANNER
 fi
 
-# A mistake in the configuration or in the model store entry, said in one line before any worker
-# starts (`bentoml serve` says BentoML's own in several lines, or a traceback for broken YAML).
-python -m iris_bento.config_check --model >/dev/null
-
-# Local use: the docs UI at / answers without a key, for trying the API in a browser (the shipped
-# configuration.yaml keeps it behind the key). What BENTOML_CONFIG_OVERRIDES already says wins.
-BENTOML_CONFIG_OVERRIDES=$(python - <<'PY'
-import json, os
-
-def merged(base: dict, update: dict) -> dict:
-    return {**base, **{k: merged(base.get(k, {}), v) if isinstance(v, dict) else v
-                       for k, v in update.items()}}
-
-public_docs = {"services": {"IrisClassifier": {"iris": {"docs": {"public": True}}}}}
-print(json.dumps(merged(public_docs, json.loads(os.environ.get("BENTOML_CONFIG_OVERRIDES") or "{}"))))
-PY
-)
-export BENTOML_CONFIG_OVERRIDES
-
-exec bentoml serve service:IrisClassifier --host "${HOST:-127.0.0.1}" --port "${PORT:-3000}"
+# The start-up check (a mistake in the configuration or the model store entry, said in one line
+# before any worker starts), then `bentoml serve`, in one process; the docs UI public.
+exec python -m iris_bento.local_serve --host "${HOST:-127.0.0.1}" --port "${PORT:-3000}"
