@@ -1,0 +1,128 @@
+"""`make rollout` and `make crash-drill`: the drills of docs/deployment.md, with their report.
+
+    python -m rollout rollout [--rollback] [--runs N] [--runtime auto|container|process] ...
+    python -m rollout crash [--runs N] ...
+
+Trains the model versions into a model store of its own (v1, and v2 for a rollout), builds an
+image of each (a Bento when the instances are processes), runs the drill `--runs` times under
+steady load and prints, for each run, what the load generator saw; the whole report goes to
+`--report` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rollout import drill, haproxy, versions
+from rollout.instances import Container, Instance, Process, containers_available
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m rollout", description=__doc__)
+    parser.add_argument("drill", choices=("rollout", "crash"))
+    parser.add_argument("--rollback", action="store_true", help="then roll back from v2 to v1")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument(
+        "--runtime",
+        choices=("auto", "container", "process"),
+        default="auto",
+        help="auto: containers where podman is set up (the container tier), else processes",
+    )
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=200, help="requests per second")
+    parser.add_argument("--steady-s", type=float, default=20, help="load before each drill")
+    parser.add_argument("--down-s", type=float, default=5, help="crash: killed this long")
+    parser.add_argument(
+        "--train-args", default="--seed 7", help="train.py's arguments for v2 (a new version)"
+    )
+    parser.add_argument("--image-prefix", default="iris_classifier:rollout")
+    parser.add_argument("--report", type=Path, help="write the whole report here (JSON)")
+    return parser.parse_args(argv)
+
+
+def runtime_of(kind: str, work_dir: Path) -> tuple[str, drill.Runtime]:
+    """The instances' kind ("container" or "process") and how to make one."""
+    if kind == "container" or (kind == "auto" and containers_available()):
+
+        def container(image: str, port: int, key: str, name: str) -> Instance:
+            return Container(image, port, key, name)
+
+        return "container", container
+
+    def process(image: str, port: int, key: str, name: str) -> Instance:
+        return Process(image, port, key, work_dir)
+
+    return "process", process
+
+
+def summary(run: int, report: dict[str, Any]) -> str:
+    """One line per run: what the issue asks the closing note to give."""
+    phases = {phase["phase"]: phase for phase in report["phases"]}
+    during = [p for p in report["phases"] if p["phase"] not in ("before", "after")]
+    sent = sum(p["sent"] for p in report["phases"])
+    failed = sum(p["failed"] for p in report["phases"])
+    errors = sum(p["connection_errors"] for p in report["phases"])
+    duration = sum(d["duration_s"] for d in report["drills"])
+    p99_during = max(p["p99_ms"] or 0 for p in during)
+    return (
+        f"run {run}: {report['drill']} sent {sent} failed {failed} connection errors {errors} "
+        f"drill {duration:.1f} s p99 before {phases['before']['p99_ms']} ms, "
+        f"during {p99_during} ms; haproxy {report['haproxy']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    haproxy.ensure_installed()
+    work_dir = Path(tempfile.mkdtemp(prefix="iris-rollout-"))
+    os.environ["BENTOML_HOME"] = str(work_dir / "bentoml")
+    kind, runtime = runtime_of(args.runtime, work_dir)
+
+    def new_version(train_args: list[str], tag: str) -> tuple[str, str]:
+        """A model version trained, and its image (or Bento)."""
+        model = versions.train(train_args)
+        return model, versions.build_image(tag) if kind == "container" else versions.build_bento()
+
+    try:
+        started = time.monotonic()
+        wanted = [([], "v1"), (shlex.split(args.train_args), "v2")]
+        built = [
+            new_version(train_args, f"{args.image_prefix}-{name}")
+            for train_args, name in wanted[: 2 if args.drill == "rollout" else 1]
+        ]
+        models, images = [m for m, _ in built], [i for _, i in built]
+        print(f"{kind} instances of {images} (models {models}) in {time.monotonic() - started:.0f} s")
+        reports = []
+        for run in range(1, args.runs + 1):
+            prefix = f"iris-{args.drill}-{os.getpid()}-{run}"
+            common = {"replicas": args.replicas, "rate": args.rate, "steady_s": args.steady_s}
+            if args.drill == "rollout":
+                report = drill.rollout_drill(
+                    runtime, (images[0], images[1]), work_dir, rollback=args.rollback,
+                    prefix=prefix, **common,
+                )  # fmt: skip
+            else:
+                report = drill.crash_drill(
+                    runtime, images[0], work_dir, down_s=args.down_s, prefix=prefix, **common
+                )
+            reports.append(report)
+            print(summary(run, report), flush=True)
+        whole = {"runtime": kind, "images": images, "models": models, "args": vars(args)}
+        if args.report:
+            args.report.write_text(json.dumps({**whole, "runs": reports}, indent=2, default=str))
+        return 0
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
