@@ -45,6 +45,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--train-args", default="--seed 7", help="train.py's arguments for v2 (a new version)"
     )
     parser.add_argument("--image-prefix", default="iris_classifier:rollout")
+    parser.add_argument(
+        "--store", type=Path, help="model and Bento store to train into (default: a fresh one)"
+    )
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        help="images (Bento tags for processes, in --store) of v1 and v2 from an earlier run: "
+        "nothing is trained or built",
+    )
     parser.add_argument("--report", type=Path, help="write the whole report here (JSON)")
     return parser.parse_args(argv)
 
@@ -84,44 +93,44 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     haproxy.ensure_installed()
     work_dir = Path(tempfile.mkdtemp(prefix="iris-rollout-"))
-    os.environ["BENTOML_HOME"] = str(work_dir / "bentoml")
+    os.environ["BENTOML_HOME"] = str(args.store or work_dir / "bentoml")
     kind, runtime = runtime_of(args.runtime, work_dir)
+    versions_needed = 2 if args.drill == "rollout" else 1
 
     def new_version(train_args: list[str], tag: str) -> tuple[str, str]:
         """A model version trained, and its image (or Bento)."""
         model = versions.train(train_args)
         return model, versions.build_image(tag) if kind == "container" else versions.build_bento()
 
-    try:
-        started = time.monotonic()
-        wanted = [([], "v1"), (shlex.split(args.train_args), "v2")]
-        built = [
-            new_version(train_args, f"{args.image_prefix}-{name}")
-            for train_args, name in wanted[: 2 if args.drill == "rollout" else 1]
-        ]
+    started = time.monotonic()
+    if args.images:
+        models, images = [], args.images[:versions_needed]
+    else:
+        wanted = [([], "v1"), (shlex.split(args.train_args), "v2")][:versions_needed]
+        built = [new_version(train_args, f"{args.image_prefix}-{v}") for train_args, v in wanted]
         models, images = [m for m, _ in built], [i for _, i in built]
-        print(f"{kind} instances of {images} (models {models}) in {time.monotonic() - started:.0f} s")
-        reports = []
-        for run in range(1, args.runs + 1):
-            prefix = f"iris-{args.drill}-{os.getpid()}-{run}"
-            common = {"replicas": args.replicas, "rate": args.rate, "steady_s": args.steady_s}
-            if args.drill == "rollout":
-                report = drill.rollout_drill(
-                    runtime, (images[0], images[1]), work_dir, rollback=args.rollback,
-                    prefix=prefix, **common,
-                )  # fmt: skip
-            else:
-                report = drill.crash_drill(
-                    runtime, images[0], work_dir, down_s=args.down_s, prefix=prefix, **common
-                )
-            reports.append(report)
-            print(summary(run, report), flush=True)
+    print(f"{kind} instances of {images} (models {models}) in {time.monotonic() - started:.0f} s")
+    reports = []
+    for run in range(1, args.runs + 1):
+        prefix = f"iris-{args.drill}-{os.getpid()}-{run}"
+        common = {"replicas": args.replicas, "rate": args.rate, "steady_s": args.steady_s}
+        if args.drill == "rollout":
+            report = drill.rollout_drill(
+                runtime, (images[0], images[1]), work_dir, rollback=args.rollback,
+                prefix=prefix, **common,
+            )  # fmt: skip
+        else:
+            report = drill.crash_drill(
+                runtime, images[0], work_dir, down_s=args.down_s, prefix=prefix, **common
+            )
+        reports.append(report)
+        print(summary(run, report), flush=True)
+    if args.report:
         whole = {"runtime": kind, "images": images, "models": models, "args": vars(args)}
-        if args.report:
-            args.report.write_text(json.dumps({**whole, "runs": reports}, indent=2, default=str))
-        return 0
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        args.report.write_text(json.dumps({**whole, "runs": reports}, indent=2, default=str))
+    # Kept when a drill fails: the logs of HAProxy and of the instances (processes) are there.
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":

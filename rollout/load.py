@@ -35,6 +35,8 @@ class Phase:
     sent: int = 0
     ok: int = 0
     failed: Counter[str] = field(default_factory=Counter)
+    # The first answer of each failed status, to tell HAProxy's own errors from the service's.
+    failure_samples: dict[str, str] = field(default_factory=dict)
     connection_errors: Counter[str] = field(default_factory=Counter)
     model_versions: Counter[str] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
@@ -55,6 +57,7 @@ class Phase:
             "ok": self.ok,
             "failed": sum(self.failed.values()),
             "failed_by_status": dict(self.failed),
+            "failure_samples": self.failure_samples,
             "connection_errors": sum(self.connection_errors.values()),
             "connection_errors_by_kind": dict(self.connection_errors),
             "rate_per_s": round(self.sent / duration, 1) if duration > 0 else None,
@@ -75,7 +78,7 @@ def _versions(route: str, body: dict[str, Any]) -> list[str]:
 class SteadyLoad:
     """`rate` requests per second to `url` from a thread of its own, until `stop()`."""
 
-    def __init__(self, url: str, key: str, rate: float = 200, connections: int = 32) -> None:
+    def __init__(self, url: str, key: str, rate: float = 200, connections: int = 64) -> None:
         self.url = url.rstrip("/")
         self.headers = {"x-api-key": key, "content-type": "application/json"}
         self.rate = rate
@@ -139,6 +142,9 @@ class SteadyLoad:
             latency_ms = (time.monotonic() - sent) * 1000
             if response.status != 200:
                 phase.failed[str(response.status)] += 1
+                phase.failure_samples.setdefault(
+                    str(response.status), raw[:300].decode(errors="replace")
+                )
                 return
             phase.ok += 1
             phase.latencies_ms.append(latency_ms)

@@ -326,8 +326,10 @@ def test_compose_file_resolves(smoke: dict[str, Any]) -> None:
     result = config(env)
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
-    assert resolved["services"]["iris"]["environment"]["IRIS_API_KEYS"] == "compose-check-key"
-    assert resolved["services"]["iris"]["ulimits"]["nofile"] == {"soft": 65536, "hard": 65536}
+    for replica in ("iris-1", "iris-2"):
+        service = resolved["services"][replica]
+        assert service["environment"]["IRIS_API_KEYS"] == "compose-check-key"
+        assert service["ulimits"]["nofile"] == {"soft": 65536, "hard": 65536}
     env.pop("IRIS_API_KEYS")
     missing = config(env)
     assert missing.returncode != 0, "compose must refuse to start without IRIS_API_KEYS"

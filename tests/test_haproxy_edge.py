@@ -8,6 +8,7 @@ that use it under load are in tests/test_rollout.py.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -18,7 +19,7 @@ import pytest
 import requests
 from helpers import API_KEYS, RunningServer, example, free_port
 
-from rollout.haproxy import HAProxy, ensure_installed
+from rollout.haproxy import CONFIG, HAProxy, ensure_installed
 
 pytestmark = pytest.mark.server
 
@@ -132,3 +133,27 @@ def test_no_instance_in_the_pool_is_a_503_in_the_error_shape(
     assert answer.status_code == 503
     assert answer.headers["content-type"] == "application/json"
     assert answer.json() == {"error": "Service Unavailable", "code": 503, "details": None}
+
+
+@pytest.mark.parametrize(
+    "servers",
+    [
+        {"IRIS_SERVER_1": "127.0.0.1:3001", "IRIS_SERVER_2": "127.0.0.1:3002"},
+        {"IRIS_SERVER_1": "iris-1:3000", "IRIS_SERVER_2": "iris-2:3000", "IRIS_LB_DNS": "1"},
+    ],
+    ids=["drills", "compose"],
+)
+def test_configuration_is_valid(installed: None, servers: dict[str, str]) -> None:
+    """As the drills start HAProxy (addresses, a spare slot) and as compose.yaml does (names
+    resolved by the containers' DNS): `haproxy -c` finds no error and no warning but the
+    replicas' names, which only compose's network resolves."""
+    checked = subprocess.run(
+        ["haproxy", "-c", "-f", str(CONFIG)],
+        env={**os.environ, **servers, "IRIS_LB_SOCKET": "/nonexistent/check.sock"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stderr
+    warnings = [line for line in checked.stderr.splitlines() if "WARNING" in line]
+    assert all("could not resolve address 'iris-" in line for line in warnings), warnings
