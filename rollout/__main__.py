@@ -37,7 +37,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="auto: containers where podman is set up (the container tier), else processes",
     )
-    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="deploy/haproxy/haproxy.cfg has three slots: the replicas and the surge",
+    )
     parser.add_argument("--rate", type=float, default=200, help="requests per second")
     parser.add_argument("--steady-s", type=float, default=20, help="load before each drill")
     parser.add_argument("--down-s", type=float, default=5, help="crash: killed this long")
@@ -74,19 +80,15 @@ def runtime_of(kind: str, work_dir: Path) -> tuple[str, drill.Runtime]:
 
 
 def summary(run: int, report: dict[str, Any]) -> str:
-    """One line per run: what the issue asks the closing note to give."""
-    phases = {phase["phase"]: phase for phase in report["phases"]}
-    during = [p for p in report["phases"] if p["phase"] not in ("before", "after")]
-    sent = sum(p["sent"] for p in report["phases"])
-    failed = sum(p["failed"] for p in report["phases"])
-    errors = sum(p["connection_errors"] for p in report["phases"])
-    duration = sum(d["duration_s"] for d in report["drills"])
-    p99_during = max(p["p99_ms"] or 0 for p in during)
-    return (
-        f"run {run}: {report['drill']} sent {sent} failed {failed} connection errors {errors} "
-        f"drill {duration:.1f} s p99 before {phases['before']['p99_ms']} ms, "
-        f"during {p99_during} ms; haproxy {report['haproxy']}"
+    """What the closing note of the drills gives: for each run, each drill's duration, and for
+    each phase the requests sent, failed, connection errors and p99."""
+    drills = ", ".join(f"{d['duration_s']:.1f} s" for d in report["drills"])
+    phases = "\n".join(
+        f"  {p['phase']:<15} sent {p['sent']:>6}  failed {p['failed']}  connection errors "
+        f"{p['connection_errors']}  p50 {p['p50_ms']} ms  p99 {p['p99_ms']} ms"
+        for p in report["phases"]
     )
+    return f"run {run}: {report['drill']} drill {drills}; HAProxy {report['haproxy']}\n{phases}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         whole = {"runtime": kind, "images": images, "models": models, "args": vars(args)}
         args.report.write_text(json.dumps({**whole, "runs": reports}, indent=2, default=str))
-    # Kept when a drill fails: the logs of HAProxy and of the instances (processes) are there.
+    lost = sum(p["failed"] + p["connection_errors"] for r in reports for p in r["phases"])
+    if lost:
+        # HAProxy's log (each check and each request) and the processes' logs, to find out why.
+        print(f"{lost} requests failed; the logs are kept in {work_dir}")
+        return 1
     shutil.rmtree(work_dir, ignore_errors=True)
     return 0
 

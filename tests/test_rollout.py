@@ -25,7 +25,7 @@ import pytest
 from helpers import ROOT
 
 RATE = 200
-STEADY_S = 15
+STEADY_S = 10
 IN_CI = os.environ.get("CI", "").lower() == "true"
 pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 
@@ -37,7 +37,8 @@ def drill(*args: str, report: Path) -> dict[str, Any]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=840)
     print(done.stdout)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    # Exit 1 when requests failed: the report says which, the tests below assert on it.
+    assert done.returncode in (0, 1) and report.exists(), (done.stdout + done.stderr)[-5000:]
     result = json.loads(report.read_text())
     if IN_CI:
         assert result["runtime"] == "container", "CI runs the drills on the image"
