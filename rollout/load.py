@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -40,6 +41,13 @@ class Phase:
     connection_errors: Counter[str] = field(default_factory=Counter)
     model_versions: Counter[str] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
+    # The machine's 1-minute load average as the phase ended: other jobs on a shared machine
+    # show in the latencies, and here.
+    load_average: float | None = None
+
+    def end(self) -> None:
+        self.ended = time.monotonic()
+        self.load_average = round(os.getloadavg()[0], 2)
 
     def summary(self) -> dict[str, Any]:
         latencies = sorted(self.latencies_ms)
@@ -65,6 +73,7 @@ class Phase:
             "p50_ms": quantile(0.50),
             "p99_ms": quantile(0.99),
             "max_ms": quantile(1.0),
+            "load_average": self.load_average,
         }
 
 
@@ -98,16 +107,15 @@ class SteadyLoad:
 
     def phase(self, name: str) -> None:
         """Requests sent from now on count in phase `name`."""
-        now = time.monotonic()
-        self.phases[-1].ended = now
-        self.phases.append(Phase(name, now))
+        self.phases[-1].end()
+        self.phases.append(Phase(name, self.phases[-1].ended or time.monotonic()))
 
     def stop(self) -> list[dict[str, Any]]:
         """Stop sending, wait for the answers in flight; each phase's summary."""
         self._stopping.set()
+        self.phases[-1].end()
         if self._thread is not None:
             self._thread.join(timeout=60)
-        self.phases[-1].ended = self.phases[-1].ended or time.monotonic()
         return [phase.summary() for phase in self.phases]
 
     async def _run(self) -> None:

@@ -72,7 +72,7 @@ def phases(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_rollout_and_rollback_lose_no_request(rollout: dict[str, Any]) -> None:
-    print(f"{rollout['runtime']}s; {json.dumps(rollout['runs'][0], indent=1)}")
+    print(f"instances: {rollout['runtime']}; {json.dumps(rollout['runs'][0], indent=1)}")
     for phase in phases(rollout).values():
         assert phase["failed"] == 0, phase
         assert phase["connection_errors"] == 0, phase
@@ -109,7 +109,7 @@ def test_the_load_was_kept_up(rollout: dict[str, Any]) -> None:
 
 
 def test_a_killed_instance_loses_no_request(crash: dict[str, Any]) -> None:
-    print(f"{crash['runtime']}s; {json.dumps(crash['runs'][0], indent=1)}")
+    print(f"instances: {crash['runtime']}; {json.dumps(crash['runs'][0], indent=1)}")
     for phase in phases(crash).values():
         assert phase["failed"] == 0, phase
         assert phase["connection_errors"] == 0, phase
