@@ -12,9 +12,8 @@ import gc
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import bentoml
 import numpy as np
@@ -30,7 +29,7 @@ from iris_bento.batching import MicroBatcher
 from iris_bento.bentoml_fixes import fix_timeout_middleware, label_metrics_by_route
 from iris_bento.connections import guard_connections, raise_open_file_limit
 from iris_bento.docs import describe_api, docs_routes
-from iris_bento.errors import ApiError
+from iris_bento.errors import renders_api_errors
 from iris_bento.features import (
     CLASS_NAMES,
     FEATURE_NAMES,
@@ -57,24 +56,9 @@ from iris_bento.settings import (
     require_api_keys,
     worker_count,
 )
+from iris_bento.v2 import v2_routes
 
 log = logging.getLogger("iris_bento.service")
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def renders_api_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R | Response]]:
-    """Turns the project's own errors into contract responses; anything else stays a 500."""
-
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | Response:
-        try:
-            return await method(*args, **kwargs)
-        except ApiError as error:
-            return Response(error.body(), status_code=error.status, media_type="application/json")
-
-    return wrapper
 
 
 async def health(_: Request) -> Response:
@@ -93,7 +77,11 @@ def openapi_document() -> bytes:
 
 # Mounted ahead of BentoML's own routes: this `/` and `/docs.json` take the place of BentoML's.
 project_routes = Starlette(
-    routes=[Route("/health", health, methods=["GET"]), *docs_routes(openapi_document)]
+    routes=[
+        Route("/health", health, methods=["GET"]),
+        *docs_routes(openapi_document),
+        *v2_routes(bentoml.get_current_service, is_ready=lambda: not draining()),
+    ]
 )
 
 

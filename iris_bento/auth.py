@@ -12,10 +12,12 @@ from iris_bento.docs import DOCS_PATHS, STATIC_PREFIX
 from iris_bento.errors import error_body, error_headers
 from iris_bento.settings import MAX_KEY_BYTES, api_keys, project_settings
 
-# Probes, metrics and the API schema (BentoML's own client reads /schema.json and /readyz before
-# it sends a key). Everything else needs a key; the docs UI too, unless `iris.docs.public` is on.
+# Probes (the Open Inference Protocol's too), metrics, and the descriptions of the service that
+# clients read before they send a key (BentoML's client reads /schema.json and /readyz, a V2
+# client /v2). Everything else needs a key; the docs UI too, unless `iris.docs.public` is on.
 PUBLIC_PATHS: Final = frozenset(
     {"/health", "/livez", "/readyz", "/healthz", "/metrics", "/schema.json"}
+    | {"/v2", "/v2/health/live", "/v2/health/ready"}
 )
 
 _CHALLENGE: Final = (b"www-authenticate", b'Bearer realm="iris", charset="UTF-8"')

@@ -10,17 +10,24 @@ holds the browser to; the document is BentoML's, rewritten to describe this proj
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Callable
-from functools import cache
-from pathlib import Path
 from typing import Any, Final
 
+from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from iris_bento.schemas import Health
+from iris_bento import PROJECT_DIR, project_version
+from iris_bento.schemas import (
+    BatchPrediction,
+    BatchPredictRequest,
+    Health,
+    Prediction,
+    PredictRequest,
+)
+from iris_bento.settings import project_settings
+from iris_bento.v2 import V2_MODELS, V2_TAG, tighten_tensor_schema, v2_paths
 
 # The paths of the docs UI: public when `iris.docs.public` is on.
 DOCS_PATHS: Final = frozenset({"/", "/docs.json", "/docs.js"})
@@ -77,7 +84,9 @@ one of the two. Errors answer `{{"error": ..., "code": ..., "details": ...}}`.
 Serving the model `{model_tag}`.
 """
 
-# What the API routes can answer besides 200, each in the error contract.
+REF: Final = "#/components/schemas/{model}"
+
+# What the native API routes can answer besides 200, each in the error contract.
 _API_ERRORS: Final = {
     "400": "The body is not valid JSON, or does not match the schema; `details` says where.",
     "401": "No API key, or one that is not valid.",
@@ -92,96 +101,117 @@ _ERROR_SCHEMA: Final = {
     "type": "object",
     "required": ["error", "code", "details"],
     "properties": {
-        "error": {"type": "string", "example": "invalid input"},
-        "code": {"type": "integer", "example": 400},
+        "error": {"type": "string", "examples": ["invalid input"]},
+        "code": {"type": "integer", "examples": [400]},
         "details": {"description": "What went wrong: a message, or a list of problems."},
     },
-}
-
-
-def _json_response(description: str, schema: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-    }
-
-
-_ERROR_RESPONSES: Final = {
-    status: _json_response(text, "Error") for status, text in _API_ERRORS.items()
 }
 _SECURITY_SCHEMES: Final = {
     "ApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
     "Bearer": {"type": "http", "scheme": "bearer"},
 }
-# BentoML's two groups of routes, described for this service.
-_TAG_DESCRIPTIONS: Final = {
-    "Service APIs": "The model's predictions; an API key is needed.",
-    "Infrastructure": "Probes and metrics, open to all.",
+# BentoML's two groups of routes, described for this service, and the V2 protocol's.
+_TAGS: Final = [
+    {"name": "Service APIs", "description": "The model's predictions; an API key is needed."},
+    {"name": "Infrastructure", "description": "Probes and metrics, open to all."},
+    {"name": V2_TAG, "description": "The Open Inference Protocol (KServe V2)."},
+]
+# The native routes' bodies, by the models that validate and serialise them.
+_NATIVE_BODIES: Final = {
+    "/predict": (PredictRequest, Prediction),
+    "/batch_predict": (BatchPredictRequest, BatchPrediction),
 }
-# BentoML's schemas for errors this service never answers with, and for task endpoints it has not.
-_UNUSED_SCHEMAS: Final = (
-    "InvalidArgument",
-    "NotFound",
-    "InternalServerError",
-    "TaskStatusResponse",
-)
-
-
-# The project's folder, or the Bento's copy of it: pyproject.toml and examples/ come along.
-_PROJECT: Final = Path(__file__).resolve().parents[1]
 # The request examples "Try it out" starts from: the README's payloads, in examples/.
 _EXAMPLES: Final = {"/predict": ("predict", "predict_named"), "/batch_predict": ("batch_predict",)}
 
 
-@cache
-def project_version() -> str:
-    """The project's version, from pyproject.toml."""
-    return tomllib.loads((_PROJECT / "pyproject.toml").read_text())["project"]["version"]
+def json_response(description: str, schema: str | dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI response with a JSON body: a schema, or the name of one in the components."""
+    if isinstance(schema, str):
+        schema = {"$ref": REF.format(model=schema)}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def error_responses(statuses: dict[str, str]) -> dict[str, Any]:
+    return {status: json_response(text, "Error") for status, text in statuses.items()}
 
 
 def _examples(path: str) -> dict[str, Any]:
     return {
-        name: {"value": json.loads((_PROJECT / "examples" / f"{name}.json").read_text())}
-        for name in _EXAMPLES.get(path, ())
+        name: {"value": json.loads((PROJECT_DIR / "examples" / f"{name}.json").read_text())}
+        for name in _EXAMPLES[path]
     }
 
 
+def _schemas() -> dict[str, Any]:
+    """Every body's JSON schema, from the pydantic models that validate and serialise them."""
+    models = [
+        *((model, "validation") for model, _ in _NATIVE_BODIES.values()),
+        *((model, "serialization") for _, model in _NATIVE_BODIES.values()),
+        (Health, "serialization"),
+        *V2_MODELS,
+    ]
+    _, top = models_json_schema(models, ref_template=REF)  # type: ignore[arg-type]
+    schemas = {**top["$defs"], "Error": _ERROR_SCHEMA}
+    # Checked by a validator before the items are, so not in pydantic's schema.
+    limit = project_settings().limits.max_batch_items
+    schemas["BatchPredictRequest"]["properties"]["items"]["maxItems"] = limit
+    tighten_tensor_schema(schemas, limit)
+    return schemas
+
+
 def describe_api(spec: dict[str, Any], model_tag: str, public_paths: frozenset[str]) -> dict:
-    """BentoML's OpenAPI document made this project's: its title, description and version, the
-    `/health` route, the security schemes, and the error contract on every API route."""
+    """BentoML's OpenAPI document made this project's, in OpenAPI 3.1 (so that pydantic's JSON
+    schemas are exact as they are): its title, description and version, the native routes'
+    bodies as the service validates and answers them, every error they can answer, `/health`,
+    the V2 routes, and the security schemes."""
     # A copy, through JSON: BentoML's status codes are ints until serialised.
     doc = json.loads(json.dumps(spec))
+    doc["openapi"] = "3.1.0"
     doc["info"] = {
         "title": TITLE,
         "description": DESCRIPTION.format(model_tag=model_tag),
         "version": project_version(),
     }
-    doc["tags"] = [
-        {**tag, "description": _TAG_DESCRIPTIONS.get(tag["name"], "")} for tag in doc["tags"]
-    ]
-    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    for name in _UNUSED_SCHEMAS:
-        schemas.pop(name, None)
-    schemas["Error"] = _ERROR_SCHEMA
-    schemas["Health"] = Health.model_json_schema(ref_template="#/components/schemas/{model}")
-    doc["components"]["securitySchemes"] = _SECURITY_SCHEMES
+    doc["tags"] = _TAGS
+    doc["components"] = {"schemas": _schemas(), "securitySchemes": _SECURITY_SCHEMES}
     doc["security"] = [{name: []} for name in _SECURITY_SCHEMES]
-    doc["paths"]["/health"] = {
+    paths = doc["paths"]
+    for path, (request, answer) in _NATIVE_BODIES.items():
+        operation = paths[path]["post"]
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": REF.format(model=request.__name__)},
+                    "examples": _examples(path),
+                }
+            },
+        }
+        operation["responses"] = {
+            "200": json_response("The predictions", answer.__name__),
+            **error_responses(_API_ERRORS),
+        }
+    paths["/readyz"]["get"]["responses"]["503"] = {"description": "Not ready, or draining"}
+    paths["/health"] = {
         "get": {
             "tags": ["Infrastructure"],
             "description": "The model this service serves; answers once it is loaded.",
-            "responses": {"200": _json_response("The service and its model", "Health")},
+            "responses": {"200": json_response("The service and its model", "Health")},
         }
     }
-    for path, item in doc["paths"].items():
-        for operation in item.values():
-            if path in public_paths:
+    paths["/schema.json"] = {
+        "get": {
+            "tags": ["Infrastructure"],
+            "description": "The service's schema, which BentoML's client reads before it calls.",
+            "responses": {"200": json_response("The schema", {"type": "object"})},
+        }
+    }
+    paths.update(v2_paths(model_tag.partition(":")[2], json_response, error_responses))
+    for path, item in paths.items():
+        if path in public_paths:
+            for operation in item.values():
                 operation["security"] = []
-            if body := operation.get("requestBody"):
-                body["required"] = True
-                body["content"]["application/json"]["examples"] = _examples(path)
-                ok = {**operation["responses"]["200"], "description": "The predictions"}
-                operation["responses"] = {"200": ok, **_ERROR_RESPONSES}
     return doc
 
 

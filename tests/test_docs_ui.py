@@ -19,10 +19,18 @@ import pytest
 import requests
 from helpers import API_KEYS, BIN, ROOT, RunningServer, example, start_server
 
-from iris_bento.docs import project_version
+from iris_bento import project_version
 
 API_ROUTES = ("/predict", "/batch_predict")
-PUBLIC_ROUTES = ("/health", "/livez", "/readyz", "/healthz", "/metrics")
+PUBLIC_ROUTES = (
+    *("/health", "/livez", "/readyz", "/healthz", "/metrics", "/schema.json"),
+    *("/v2", "/v2/health/live", "/v2/health/ready"),
+)
+V2_MODEL_ROUTES = tuple(
+    f"/v2/models/{{model_name}}{version}{route}"
+    for version in ("", "/versions/{model_version}")
+    for route in ("", "/ready", "/infer")
+)
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -64,13 +72,15 @@ def test_the_document_is_the_projects_own(document: dict[str, Any]) -> None:
 
 def test_the_document_names_every_route_and_its_security(document: dict[str, Any]) -> None:
     paths = document["paths"]
-    assert set(paths) == {*API_ROUTES, *PUBLIC_ROUTES}
+    assert set(paths) == {*API_ROUTES, *PUBLIC_ROUTES, *V2_MODEL_ROUTES}
     schemes = document["components"]["securitySchemes"]
     assert schemes["ApiKey"] == {"type": "apiKey", "in": "header", "name": "x-api-key"}
     assert schemes["Bearer"] == {"type": "http", "scheme": "bearer"}
     assert document["security"] == [{"ApiKey": []}, {"Bearer": []}]
     for path in PUBLIC_ROUTES:
         assert paths[path]["get"]["security"] == [], path
+    for path in V2_MODEL_ROUTES:
+        assert all("security" not in operation for operation in paths[path].values()), path
     for path in API_ROUTES:
         operation = paths[path]["post"]
         assert "security" not in operation, path  # the document's: a key
