@@ -19,7 +19,8 @@ from typing import Protocol
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-# The container tier's podman storage and sandbox settings (scripts/container_smoke.sh).
+# The container tier's podman storage and sandbox settings (scripts/container_smoke.sh), kept
+# between runs so that a rebuild is warm (root's machine-wide scratch space, not a temporary file).
 PODMAN_ROOT = Path(os.environ.get("IRIS_PODMAN_ROOT", "/var/tmp/iris-bento-podman"))  # noqa: S108
 ONE_WORKER = json.dumps({"services": {"IrisClassifier": {"workers": 1}}})
 # Longer than the drain (5 s) plus the slowest request's deadline (BentoML's 30 s).
@@ -72,8 +73,6 @@ class Instance(Protocol):
     def remove(self) -> None:
         """Gone, whatever its state."""
 
-    def logs(self) -> str: ...
-
 
 class Container:
     """The image on the host network, read-only as the Kubernetes pod runs it."""
@@ -103,9 +102,6 @@ class Container:
 
     def remove(self) -> None:
         podman("rm", "--force", "--ignore", "--time", "10", self.name)
-
-    def logs(self) -> str:
-        return podman("logs", self.name)
 
 
 class Process:
@@ -166,6 +162,3 @@ class Process:
             self.stop()
         except subprocess.TimeoutExpired:
             self.kill()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
