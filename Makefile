@@ -9,7 +9,7 @@ PORT ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 export BENTOML_CONFIG := $(CURDIR)/configuration.yaml
 
-.PHONY: serve test lint train bento image clean bench check-config
+.PHONY: serve test lint train bento image clean bench check-config rollout crash-drill
 
 # The venv is rebuilt whenever a pin changes.
 $(BIN)/.installed: requirements.txt requirements-dev.txt
@@ -45,6 +45,15 @@ bento: $(BIN)/.installed
 IMAGE_TAG ?= iris_classifier:latest
 image: $(BIN)/.installed
 	IMAGE_TAG=$(IMAGE_TAG) PATH=$(CURDIR)/$(BIN):$$PATH scripts/build_image.sh $(CONTAINERIZE_ARGS)
+
+# The drills of docs/deployment.md, on replicas behind HAProxy under steady load: `make rollout`
+# (model v1 to v2; `make rollout ROLLBACK=1`: and back to v1), `make crash-drill` (one replica
+# SIGKILLed). ROLLOUT_ARGS go to `python -m rollout` (--runs 3, --runtime process, --report F).
+rollout: $(BIN)/.installed
+	$(BIN)/python -m rollout rollout $(if $(ROLLBACK),--rollback) $(ROLLOUT_ARGS)
+
+crash-drill: $(BIN)/.installed
+	$(BIN)/python -m rollout crash $(ROLLOUT_ARGS)
 
 # The benchmark of issue 4 (bench/README.md): `make bench`, or `make bench BENCH_ARGS=--quick`.
 BENCH_VENV := bench/.venvs/harness

@@ -21,14 +21,14 @@ import pytest
 import yaml
 from helpers import API_KEYS, predict_through_a_stop
 
+# The script's podman storage and sandbox settings, shared with the drills (tests/test_rollout.py).
+from rollout.instances import PODMAN_ROOT, podman_env
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "container_smoke.sh"
 IMAGE = "iris_classifier:smoke"
 # The issue's goal; BentoML's default image of the same service measured 1073 MB here.
 MAX_IMAGE_BYTES = 450_000_000
-# The script's podman storage, kept between runs so that a rebuild is warm (root's machine-wide
-# scratch space, not a temporary file).
-PODMAN_ROOT = Path(os.environ.get("IRIS_PODMAN_ROOT", "/var/tmp/iris-bento-podman"))  # noqa: S108
 
 # An invalid project setting, as an operator might pass it to the container.
 OVERRIDE_ROWS = json.dumps(
@@ -47,16 +47,6 @@ pytestmark = [
     # Covers a cold first run: podman install, base image and image build.
     pytest.mark.timeout(1200),
 ]
-
-
-def podman_env() -> dict[str, str]:
-    """The script's podman settings (sandbox fixes, its own storage), for podman calls here."""
-    return {
-        **os.environ,
-        "CONTAINERS_CONF": str(PODMAN_ROOT / "containers.conf"),
-        "CONTAINERS_STORAGE_CONF": str(PODMAN_ROOT / "storage.conf"),
-        "CONTAINERS_REGISTRIES_CONF": str(PODMAN_ROOT / "registries.conf"),
-    }
 
 
 def podman(*args: str) -> str:
@@ -326,8 +316,10 @@ def test_compose_file_resolves(smoke: dict[str, Any]) -> None:
     result = config(env)
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
-    assert resolved["services"]["iris"]["environment"]["IRIS_API_KEYS"] == "compose-check-key"
-    assert resolved["services"]["iris"]["ulimits"]["nofile"] == {"soft": 65536, "hard": 65536}
+    for replica in ("iris-1", "iris-2"):
+        service = resolved["services"][replica]
+        assert service["environment"]["IRIS_API_KEYS"] == "compose-check-key"
+        assert service["ulimits"]["nofile"] == {"soft": 65536, "hard": 65536}
     env.pop("IRIS_API_KEYS")
     missing = config(env)
     assert missing.returncode != 0, "compose must refuse to start without IRIS_API_KEYS"

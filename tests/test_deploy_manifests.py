@@ -227,17 +227,32 @@ def test_image_build_uses_the_pinned_uv() -> None:
 
 
 def test_compose_file_references() -> None:
-    compose = load_yaml(ROOT / "compose.yaml")
-    iris, prometheus = compose["services"]["iris"], compose["services"]["prometheus"]
-    assert iris["environment"]["IRIS_API_KEYS"].startswith("${IRIS_API_KEYS:?")
+    services = load_yaml(ROOT / "compose.yaml")["services"]
+    prometheus, haproxy = services["prometheus"], services["haproxy"]
+    replicas = [name for name, spec in services.items() if "IRIS_IMAGE" in spec["image"]]
+    assert replicas == ["iris-1", "iris-2"]
+    service_port = 3000  # the image's EXPOSE, as test_ports_and_probes checks
+    for name in replicas:
+        iris = services[name]
+        assert iris["environment"]["IRIS_API_KEYS"].startswith("${IRIS_API_KEYS:?")
+        assert iris["read_only"] is True
+        assert iris["tmpfs"] == [CONTAINER_TMP]
+        assert "ports" not in iris, "replicas are reached through HAProxy"
+        for dependent in (prometheus, haproxy):
+            assert dependent["depends_on"][name]["condition"] == "service_healthy"
     assert "IRIS_API_KEYS" not in (ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text()
-    assert iris["read_only"] is True
-    assert iris["tmpfs"] == [CONTAINER_TMP]
-    assert prometheus["depends_on"]["iris"]["condition"] == "service_healthy"
     mounted = {v.split(":")[0]: v.split(":")[1] for v in prometheus["volumes"]}
     config_file = mounted["./deploy/prometheus/prometheus.yml"]
     assert f"--config.file={config_file}" in prometheus["command"]
     scrape = load_yaml(ROOT / "deploy" / "prometheus" / "prometheus.yml")["scrape_configs"][0]
     assert scrape["metrics_path"] == "/metrics"
-    container_port = iris["ports"][0].rsplit(":", 1)[1]
-    assert scrape["static_configs"][0]["targets"] == [f"iris:{container_port}"]
+    # Each replica scraped on its own, not through HAProxy.
+    assert scrape["static_configs"][0]["targets"] == [f"{n}:{service_port}" for n in replicas]
+    # HAProxy: one slot per replica, its configuration where the official image reads it, and
+    # clients on the port the single service had.
+    env = haproxy["environment"]
+    assert [env["IRIS_SERVER_1"], env["IRIS_SERVER_2"]] == [f"{n}:{service_port}" for n in replicas]
+    assert "./deploy/haproxy:/usr/local/etc/haproxy:ro" in haproxy["volumes"]
+    assert (ROOT / "deploy" / "haproxy" / "haproxy.cfg").exists()
+    bind_port = env["IRIS_LB_BIND"].rsplit(":", 1)[1]
+    assert haproxy["ports"] == [f"127.0.0.1:3000:{bind_port}"]
