@@ -241,3 +241,11 @@ def test_compose_file_references() -> None:
     assert scrape["metrics_path"] == "/metrics"
     container_port = iris["ports"][0].rsplit(":", 1)[1]
     assert scrape["static_configs"][0]["targets"] == [f"iris:{container_port}"]
+    # Prometheus loads the project's rules where its configuration looks for them.
+    rule_glob = load_yaml(ROOT / "deploy" / "prometheus" / "prometheus.yml")["rule_files"][0]
+    assert mounted["./deploy/prometheus/rules"] == rule_glob.rsplit("/", 1)[0]
+    # Grafana beside it, on loopback, with provisioning only (tests/test_monitoring.py checks it).
+    grafana = compose["services"]["grafana"]
+    assert grafana["ports"][0].startswith("127.0.0.1:")
+    assert all(volume.endswith(":ro") for volume in grafana["volumes"])
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana["environment"]
