@@ -128,10 +128,10 @@ class IrisClassifier:
         predict_proba, inference = load_predict_proba(Path(self.model_ref.path))
         self.model_version = self.model_ref.tag.version or ""
         self.classes = tuple(metadata.get("class_names", CLASS_NAMES))
-        metrics = ModelMetrics(
+        self.metrics = ModelMetrics(
             TrainingProfile.from_metadata(metadata), self.classes, self.model_version, inference
         )
-        self.batcher = MicroBatcher(predict_proba, settings.batching, metrics)
+        self.batcher = MicroBatcher(predict_proba, settings.batching, self.metrics)
         self.health_body = (
             Health(
                 status="ok",
@@ -167,6 +167,7 @@ class IrisClassifier:
     @bentoml.on_shutdown
     def stop_batcher(self) -> None:
         self.batcher.close()
+        self.metrics.close()
 
     @bentoml.api(input_spec=PredictRequest, output_spec=Prediction)
     @renders_api_errors

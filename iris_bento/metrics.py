@@ -16,13 +16,15 @@ what is served. docs/monitoring.md documents every metric, rule and panel.
 from __future__ import annotations
 
 import logging
+import threading
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from iris_bento.drift import FeatureBins, bin_indices
+from iris_bento.drift import FeatureBins
 from iris_bento.features import FEATURE_NAMES
 
 if TYPE_CHECKING:
@@ -31,6 +33,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("iris_bento.metrics")
 
 SIDES: Final = ("below", "above")
+# Answers and inputs are counted in memory and written to the metric files this often: writing
+# them per call cost more than everything else the metrics do (docs/performance.md).
+FLUSH_S: Final = 1.0
+# Up to this many rows a call, a Python loop bins them faster than numpy's calls would.
+SMALL_BATCH_ROWS: Final = 4
 BATCH_ROWS_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 MODEL_CALL_BUCKETS: Final = (
     0.0001,
@@ -78,14 +85,12 @@ def _format_bound(bound: float) -> str:
     return floatToGoString(bound)
 
 
-def observe_many(histogram: Histogram, bucket_counts: np.ndarray, total: float) -> None:
-    """Many observations at once: what `observe` would do for each, as one increment per
-    non-empty bucket and one of the sum. prometheus_client has no public call for it, so this
-    uses the histogram's own value objects (pinned version; tests/test_metrics.py compares it
-    with `observe`)."""
-    histogram._sum.inc(total)
-    for index in np.flatnonzero(bucket_counts).tolist():
-        histogram._buckets[index].inc(int(bucket_counts[index]))
+def histogram_values(histogram: Histogram) -> tuple[list[Any], Any]:
+    """The value objects behind a histogram's buckets (non-cumulative, `+Inf` last) and its sum,
+    so that a whole batch is recorded with one increment per non-empty bucket rather than one
+    `observe` per value. prometheus_client has no public call for that; its version is pinned
+    and tests/test_metrics.py checks that increments here equal what `observe` records."""
+    return histogram._buckets, histogram._sum
 
 
 class ModelMetrics:
@@ -100,7 +105,6 @@ class ModelMetrics:
     ) -> None:
         from prometheus_client import Counter, Gauge, Histogram
 
-        self._profile = profile
         self._classes = tuple(classes)
         self.batch_rows = Histogram(
             "iris_model_batch_rows",
@@ -123,15 +127,14 @@ class ModelMetrics:
         predictions = Counter(
             "iris_predictions", "Answers per predicted class.", ["label"], registry=None
         )
-        self._predictions = [predictions.labels(label=name) for name in self._classes]
         out_of_range = Counter(
             "iris_feature_out_of_range",
             "Values below the training minimum or above the training maximum, per feature.",
             ["feature", "side"],
             registry=None,
         )
-        self._below = [out_of_range.labels(feature=name, side="below") for name in FEATURE_NAMES]
-        self._above = [out_of_range.labels(feature=name, side="above") for name in FEATURE_NAMES]
+        below = [out_of_range.labels(feature=name, side="below") for name in FEATURE_NAMES]
+        above = [out_of_range.labels(feature=name, side="above") for name in FEATURE_NAMES]
         info = Gauge(
             "iris_model_info",
             "The served model (value 1), one series per live worker (label pid).",
@@ -140,8 +143,7 @@ class ModelMetrics:
             registry=None,
         )
         info.labels(model_version=model_version, inference=inference).set(1)
-        self._features: list[Histogram] = []
-        self._bounds: list[np.ndarray] = []
+        self.feature_histograms: list[Histogram] = []
         if profile.bins is None:
             log.warning(
                 "the model's metadata has no training deciles: no iris_feature_value histogram "
@@ -149,6 +151,14 @@ class ModelMetrics:
             )
         else:
             self._make_feature_histograms(profile.bins, Gauge, Histogram)
+        self._make_slots(
+            profile, below, above, [predictions.labels(label=name) for name in self._classes]
+        )
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        threading.Thread(
+            target=self._flush_every, args=(FLUSH_S,), name="metrics-flush", daemon=True
+        ).start()
         if profile.class_shares is not None:
             class_share = Gauge(
                 "iris_model_training_class_share",
@@ -177,8 +187,7 @@ class ModelMetrics:
         )
         for name in FEATURE_NAMES:
             bounds, shares = bins[name]["bounds"], bins[name]["shares"]
-            self._bounds.append(np.array(bounds))
-            self._features.append(
+            self.feature_histograms.append(
                 histogram(
                     "iris_feature_value",
                     "Input values per feature, in buckets at the training deciles.",
@@ -196,25 +205,105 @@ class ModelMetrics:
                     lower_le=edges[index - 1] if index else "",
                 ).set(share)
 
+    def _make_slots(
+        self, profile: TrainingProfile, below: list[Any], above: list[Any], predictions: list[Any]
+    ) -> None:
+        """What a model call records, as counts in slots, and the series each slot increments.
+
+        Each value is compared with its feature's thresholds: just below the training minimum,
+        the decile bounds, the training maximum. The number of thresholds below it is its slot
+        within the feature: 0 below the minimum (first bucket, and `below`), 1 + k in bucket k
+        within the range, the last above the maximum (last bucket, and `above`). The predicted
+        classes take one slot each after the features' slots."""
+        self._thresholds = [
+            [
+                float(np.nextafter(low, -np.inf)),
+                *(profile.bins[name]["bounds"] if profile.bins else []),
+                high,
+            ]
+            for name, low, high in zip(
+                FEATURE_NAMES, profile.minimum.tolist(), profile.maximum.tolist(), strict=True
+            )
+        ]
+        # The same, padded with infinity (never below a value) to one array for numpy.
+        width = max(len(t) for t in self._thresholds) + 1
+        self._padded_thresholds = np.array(
+            [t[:-1] + [np.inf] * (width - len(t)) + t[-1:] for t in self._thresholds]
+        )
+        self._feature_offsets = list(range(0, width * len(FEATURE_NAMES), width))
+        self._class_offset = width * len(FEATURE_NAMES)
+        self._slot_series: list[tuple[Any, ...]] = []
+        self._sum_values: list[Any] = []
+        for j, thresholds in enumerate(self._thresholds):
+            if self.feature_histograms:
+                buckets, total = histogram_values(self.feature_histograms[j])
+                in_range = [(bucket,) for bucket in buckets]
+                self._sum_values.append(total)
+            else:
+                in_range = [()] * (len(thresholds) - 1)
+            self._slot_series += [
+                (below[j], *in_range[0]),
+                *in_range,
+                (above[j], *in_range[-1]),
+                *[()] * (width - len(thresholds) - 1),
+            ]
+        self._slot_series += [(series,) for series in predictions]
+        self._pending_counts = [0] * len(self._slot_series)
+        self._pending_sums = [0.0] * len(FEATURE_NAMES)
+
     def model_called(self, rows: np.ndarray, output: np.ndarray, seconds: float) -> None:
-        """One model call: its size and time, the classes it answered, the inputs it saw."""
+        """One model call: its size and time now; the classes it answered and the inputs it saw
+        counted in memory, written by the flush thread."""
         self.batch_rows.observe(len(rows))
         self.call_seconds.observe(seconds)
-        answers = np.bincount(output.argmax(axis=1), minlength=len(self._classes))
-        for index in np.flatnonzero(answers).tolist():
-            self._predictions[index].inc(int(answers[index]))
-        below = (rows < self._profile.minimum).sum(axis=0)
-        above = (rows > self._profile.maximum).sum(axis=0)
-        for index in np.flatnonzero(below).tolist():
-            self._below[index].inc(int(below[index]))
-        for index in np.flatnonzero(above).tolist():
-            self._above[index].inc(int(above[index]))
-        if self._features:
-            totals = rows.sum(axis=0).tolist()
-            for index, histogram in enumerate(self._features):
-                bounds = self._bounds[index]
-                counts = np.bincount(bin_indices(rows[:, index], bounds), minlength=len(bounds) + 1)
-                observe_many(histogram, counts, totals[index])
+        if len(rows) <= SMALL_BATCH_ROWS:  # numpy's fixed cost per call exceeds the loop's
+            answers = output.argmax(axis=1).tolist()
+            with self._lock:
+                counts, sums = self._pending_counts, self._pending_sums
+                for row in rows.tolist():
+                    for feature, (offset, thresholds, value) in enumerate(
+                        zip(self._feature_offsets, self._thresholds, row, strict=True)
+                    ):
+                        counts[offset + bisect_left(thresholds, value)] += 1
+                        sums[feature] += value
+                for answer in answers:
+                    counts[self._class_offset + answer] += 1
+            return
+        per_value = (rows[:, :, np.newaxis] > self._padded_thresholds).sum(axis=2)
+        answers = output.argmax(axis=1) + self._class_offset
+        every = np.bincount(
+            np.concatenate([(per_value + self._feature_offsets).ravel(), answers]),
+            minlength=len(self._slot_series),
+        )
+        totals = rows.sum(axis=0).tolist()
+        with self._lock:
+            for slot in np.flatnonzero(every).tolist():
+                self._pending_counts[slot] += int(every[slot])
+            for feature, total in enumerate(totals):
+                self._pending_sums[feature] += total
+
+    def flush(self) -> None:
+        """Write the counts gathered since the last flush: one increment per series that
+        moved (so the files are written about once a second, not once a request)."""
+        with self._lock:
+            counts, self._pending_counts = self._pending_counts, [0] * len(self._pending_counts)
+            sums, self._pending_sums = self._pending_sums, [0.0] * len(self._pending_sums)
+        for slot, count in enumerate(counts):
+            if count:
+                for series in self._slot_series[slot]:
+                    series.inc(count)
+        # No sums to write for a model without deciles (no histogram): zip stops at once.
+        for value, total in zip(self._sum_values, sums, strict=False):
+            value.inc(total)
+
+    def _flush_every(self, seconds: float) -> None:
+        while not self._stopped.wait(seconds):
+            self.flush()
+
+    def close(self) -> None:
+        """Stop the flush thread and write what is left (on worker shutdown)."""
+        self._stopped.set()
+        self.flush()
 
     def queue_changed(self, queued_rows: int) -> None:
         self.queued_rows.set(queued_rows)

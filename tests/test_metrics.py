@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from iris_bento.drift import bin_shares, decile_bins, psi, shares_from_cumulative
 from iris_bento.features import CLASS_NAMES, FEATURE_NAMES
-from iris_bento.metrics import observe_many
+from iris_bento.metrics import (
+    SMALL_BATCH_ROWS,
+    ModelMetrics,
+    TrainingProfile,
+    histogram_values,
+)
 
 AUTH = {"x-api-key": API_KEYS[0]}
 
@@ -46,18 +51,48 @@ def test_psi_is_zero_for_the_training_mix_and_large_for_a_shift() -> None:
     np.testing.assert_allclose(shares_from_cumulative([2, 5, 5, 10]), [0.2, 0.3, 0, 0.5])
 
 
-def test_observe_many_records_what_observe_would() -> None:
-    """Fails if prometheus_client changes the histogram internals `observe_many` uses."""
-    bounds = [1.0, 2.5, 4.0]
-    one_by_one = Histogram("test_one_by_one", "", buckets=bounds, registry=None)
-    at_once = Histogram("test_at_once", "", buckets=bounds, registry=None)
-    values = np.array([0.5, 1.0, 1.2, 2.5, 3.0, 9.0, 9.5])
-    for value in values:
-        one_by_one.observe(float(value))
-    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds) + 1)
-    observe_many(at_once, counts, float(values.sum()))
-    assert [b.get() for b in at_once._buckets] == [b.get() for b in one_by_one._buckets]
-    assert at_once._sum.get() == pytest.approx(one_by_one._sum.get())
+@pytest.fixture(scope="module")
+def profile() -> TrainingProfile:
+    rng = np.random.default_rng(2)
+    training = rng.uniform(1, 7, size=(200, len(FEATURE_NAMES))).round(1)
+    return TrainingProfile(
+        minimum=training.min(axis=0),
+        maximum=training.max(axis=0),
+        bins={name: decile_bins(training[:, j]) for j, name in enumerate(FEATURE_NAMES)},
+        class_shares=None,
+    )
+
+
+def test_a_batch_records_in_the_feature_histograms_what_observe_would(
+    profile: TrainingProfile,
+) -> None:
+    """Fails if prometheus_client changes the histogram internals `histogram_values` uses, or
+    if the binning disagrees with Prometheus's `le` (values on a bound included), in the
+    small-batch loop or in numpy."""
+    metrics = ModelMetrics(profile, CLASS_NAMES, "test", "numpy")
+    rng = np.random.default_rng(3)
+    bounds = np.array([profile.bins[name]["bounds"] for name in FEATURE_NAMES], dtype=object)
+    on_bounds = np.array([[b[i % len(b)] for b in bounds] for i in range(12)])
+    rows = np.vstack([rng.uniform(0, 9, size=(50, 4)).round(1), on_bounds])
+    for size in (1, SMALL_BATCH_ROWS, len(rows)):
+        metrics.flush()
+        before = [[b.get() for b in histogram_values(h)[0]] for h in metrics.feature_histograms]
+        for start in range(0, len(rows), size):
+            metrics.model_called(rows[start : start + size], rng.random((size, 3)), 0.001)
+        metrics.flush()
+        for j, name in enumerate(FEATURE_NAMES):
+            reference = Histogram(
+                f"test_reference_{name}_{size}",
+                "",
+                buckets=profile.bins[name]["bounds"],
+                registry=None,
+            )
+            for value in rows[:, j]:
+                reference.observe(float(value))
+            buckets, _ = histogram_values(metrics.feature_histograms[j])
+            added = [b.get() - old for b, old in zip(buckets, before[j], strict=True)]
+            assert added == [b.get() for b in reference._buckets], (name, size)
+    metrics.close()
 
 
 def scrape(url: str) -> dict[str, list[Any]]:
@@ -67,6 +102,18 @@ def scrape(url: str) -> dict[str, list[Any]]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def total(samples: dict[str, list[Any]], name: str) -> float:
+    return sum(sample.value for sample in samples.get(name, []))
+
+
+def scrape_when(url: str, arrived: Callable[[dict[str, list[Any]]], bool]) -> dict[str, list[Any]]:
+    """/metrics once the counts have arrived: the workers write them about once a second."""
+    deadline = time.monotonic() + 10
+    while not arrived(samples := scrape(url)) and time.monotonic() < deadline:
+        time.sleep(0.2)
     return samples
 
 
@@ -106,7 +153,13 @@ def test_the_server_exports_what_the_model_answered_and_was_asked(
     )
     answers += [result["label"] for result in batch.json()["results"]]
     sent = np.vstack([rows] * 21)
-    after = scrape(server.url)
+    after = scrape_when(
+        server.url,
+        lambda samples: (
+            total(samples, "iris_predictions_total")
+            == len(answers) + total(before, "iris_predictions_total")
+        ),
+    )
 
     def increase(name: str, *labels: str) -> dict[tuple[str, ...], float]:
         old = by_labels(before.get(name, []), *labels)
@@ -185,8 +238,10 @@ def test_a_model_without_deciles_serves_without_drift_series(
         f"{older_model_server.url}/predict", json=example("predict"), headers=AUTH, timeout=10
     )
     assert response.status_code == 200, response.text
-    samples = scrape(older_model_server.url)
-    assert sum(s.value for s in samples["iris_predictions_total"]) == 1
+    samples = scrape_when(
+        older_model_server.url, lambda found: total(found, "iris_predictions_total") == 1
+    )
+    assert total(samples, "iris_predictions_total") == 1
     assert "iris_feature_out_of_range_total" in samples
     for absent in (
         "iris_feature_value_bucket",
