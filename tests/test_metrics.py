@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -257,3 +258,24 @@ def test_a_model_without_deciles_serves_without_drift_series(
 
 def warnings(server: RunningServer) -> list[str]:
     return [line for line in server.log_lines() if "no training deciles" in line]
+
+
+@pytest.mark.server
+def test_the_drift_drill_sees_the_shift(server: RunningServer, tmp_path: Path) -> None:
+    """A short drill against the real server: petal lengths 2 cm longer move the PSI past the
+    alert's 0.25 and the out-of-range share past 5%; Iris-like traffic before does neither."""
+    from scripts import drift_drill
+
+    plot = tmp_path / "drill.png"
+    figures = tmp_path / "drill.json"
+    argv = ["--url", server.url, "--api-key", API_KEYS[0], "--phase-s", "6", "--window-s", "4"]
+    argv += ["--scrape-s", "0.5", "--rate", "60", "--plot", str(plot), "--json", str(figures)]
+    assert drift_drill.main(argv) == 0
+    result = json.loads(figures.read_text())
+    before, after = result["before_shift"], result["after_shift"]
+    assert result["failed"] == 0
+    assert before["rows"] > 100 and after["rows"] > 100
+    assert before["psi"]["petal_length"] < 0.25 < after["psi"]["petal_length"]
+    assert before["out_of_range"]["petal_length"] < 0.05 < after["out_of_range"]["petal_length"]
+    assert after["psi"]["sepal_width"] < 0.25, "the other features did not move"
+    assert plot.read_bytes().startswith(b"\x89PNG")
