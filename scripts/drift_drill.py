@@ -188,6 +188,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     axes[0].axhline(0.25, color="red", linestyle=":", label="alert above 0.25")
     axes[0].set_ylabel("PSI against training")
     axes[0].set_yscale("symlog", linthresh=0.1)
+    highest = max(max(f["psi"].values()) for f in series)
+    axes[0].set_ylim(0, max(highest, 0.25) * 2)
     axes[1].axhline(5, color="red", linestyle=":", label="alert above 5%")
     axes[1].set_ylabel("values out of training range, %")
     for label, share in result["training_class_shares"].items():
