@@ -1,8 +1,9 @@
 """The project's Prometheus metrics: what the model answers, what it is asked, and how its calls
 and queue behave, next to BentoML's request metrics on the same `/metrics`.
 
-Recorded once per model call (a batch), not per request: numpy bins every row of the batch at
-once and each counter moves once per label that occurs, so a request costs a few microseconds
+Recorded once per model call (a batch), not per request: every value of the batch is binned at
+once (numpy, or a Python loop for a few rows) and counted in memory; a thread writes the counts
+once a second, one increment per series that moved. So a request costs a few microseconds
 (docs/performance.md gives the measurement). Labels come from fixed sets only (features, classes,
 `below`/`above`, the model's version), so the number of series is bounded.
 
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("iris_bento.metrics")
 
-SIDES: Final = ("below", "above")
 # Answers and inputs are counted in memory and written to the metric files this often: writing
 # them per call cost more than everything else the metrics do (docs/performance.md).
 FLUSH_S: Final = 1.0
@@ -154,11 +154,6 @@ class ModelMetrics:
         self._make_slots(
             profile, below, above, [predictions.labels(label=name) for name in self._classes]
         )
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        threading.Thread(
-            target=self._flush_every, args=(FLUSH_S,), name="metrics-flush", daemon=True
-        ).start()
         if profile.class_shares is not None:
             class_share = Gauge(
                 "iris_model_training_class_share",
@@ -169,6 +164,11 @@ class ModelMetrics:
             )
             for name, share in zip(self._classes, profile.class_shares, strict=True):
                 class_share.labels(label=name).set(share)
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        threading.Thread(
+            target=self._flush_every, args=(FLUSH_S,), name="metrics-flush", daemon=True
+        ).start()
 
     def _make_feature_histograms(
         self, bins: Mapping[str, FeatureBins], gauge: type[Gauge], histogram: type[Histogram]
