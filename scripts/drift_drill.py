@@ -104,6 +104,7 @@ class Traffic:
         self.sent = 0
         self.failed = 0
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._rows = load_iris().data
         self._threads = [threading.Thread(target=self._client, args=(n,)) for n in range(clients)]
 
@@ -112,17 +113,19 @@ class Traffic:
         session = requests.Session()
         pause = self.clients / self.rate
         column = FEATURE_NAMES.index(SHIFTED_FEATURE)
-        while not self._stop.wait(pause):
-            row = self._rows[rng.integers(len(self._rows))].copy()
-            row[column] += self.shift_cm
-            response = session.post(
-                f"{self.url}/predict",
-                json={"features": row.round(2).tolist()},
-                headers={"x-api-key": self.api_key},
-                timeout=10,
-            )
-            self.sent += 1
-            self.failed += response.status_code != 200
+        with session:
+            while not self._stop.wait(pause):
+                row = self._rows[rng.integers(len(self._rows))].copy()
+                row[column] += self.shift_cm
+                response = session.post(
+                    f"{self.url}/predict",
+                    json={"features": row.round(2).tolist()},
+                    headers={"x-api-key": self.api_key},
+                    timeout=10,
+                )
+                with self._lock:
+                    self.sent += 1
+                    self.failed += response.status_code != 200
 
     def __enter__(self) -> Traffic:
         for thread in self._threads:

@@ -182,6 +182,18 @@ def test_the_server_exports_what_the_model_answered_and_was_asked(
         cumulative = [buckets[(name, le)] for le in sorted_les(buckets, name)]
         expected = bin_shares(sent[:, index], bounds)
         np.testing.assert_allclose(shares_from_cumulative(cumulative), expected)
+    # The rules join training shares to buckets on `le` and `lower_le`: same strings.
+    for name in FEATURE_NAMES:
+        edges = {
+            s.labels["le"]
+            for s in after["iris_feature_value_bucket"]
+            if s.labels["feature"] == name
+        }
+        training_edges = [
+            s.labels for s in after["iris_feature_training_share"] if s.labels["feature"] == name
+        ]
+        assert {labels["le"] for labels in training_edges} == edges
+        assert {labels["lower_le"] for labels in training_edges} - {""} < edges
     shares = by_labels(after["iris_feature_training_share"], "feature", "bin")
     for name in FEATURE_NAMES:
         training = metadata["training_feature_bins"][name]["shares"]
