@@ -9,7 +9,7 @@ PORT ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 export BENTOML_CONFIG := $(CURDIR)/configuration.yaml
 
-.PHONY: serve test lint train bento clean bench check-config
+.PHONY: serve test lint train bento image clean bench check-config
 
 # The venv is rebuilt whenever a pin changes.
 $(BIN)/.installed: requirements.txt requirements-dev.txt
@@ -38,6 +38,13 @@ check-config: $(BIN)/.installed
 
 bento: $(BIN)/.installed
 	$(BIN)/bentoml build
+
+# The OCI image, built the documented BentoML way from anywhere (scripts/build_image.sh):
+# `make image`, `make image IMAGE_TAG=registry.example.com/iris:0.2.0 IMAGE_BACKEND=podman`;
+# CONTAINERIZE_ARGS go to `bentoml containerize` as they are.
+IMAGE_TAG ?= iris_classifier:latest
+image: $(BIN)/.installed
+	IMAGE_TAG=$(IMAGE_TAG) PATH=$(CURDIR)/$(BIN):$$PATH scripts/build_image.sh $(CONTAINERIZE_ARGS)
 
 # The benchmark of issue 4 (bench/README.md): `make bench`, or `make bench BENCH_ARGS=--quick`.
 BENCH_VENV := bench/.venvs/harness

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import functools
 import gc
+import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import bentoml
 import numpy as np
@@ -24,11 +24,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from iris_bento.auth import ApiKeyMiddleware
+from iris_bento.auth import PUBLIC_PATHS, ApiKeyMiddleware
 from iris_bento.batching import MicroBatcher
 from iris_bento.bentoml_fixes import fix_timeout_middleware, label_metrics_by_route
 from iris_bento.connections import guard_connections, raise_open_file_limit
-from iris_bento.errors import ApiError
+from iris_bento.docs import describe_api, docs_routes
+from iris_bento.errors import renders_api_errors
 from iris_bento.features import (
     CLASS_NAMES,
     FEATURE_NAMES,
@@ -36,7 +37,7 @@ from iris_bento.features import (
     require_service_features,
 )
 from iris_bento.http import RequestMiddleware
-from iris_bento.inference import load_predict_proba
+from iris_bento.inference import load_predict_proba, require_model_files
 from iris_bento.lifecycle import drain_on_sigterm, draining
 from iris_bento.logs import configure_json_logging
 from iris_bento.metrics import ModelMetrics, TrainingProfile
@@ -56,24 +57,9 @@ from iris_bento.settings import (
     require_api_keys,
     worker_count,
 )
+from iris_bento.v2 import v2_routes
 
 log = logging.getLogger("iris_bento.service")
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def renders_api_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R | Response]]:
-    """Turns the project's own errors into contract responses; anything else stays a 500."""
-
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | Response:
-        try:
-            return await method(*args, **kwargs)
-        except ApiError as error:
-            return Response(error.body(), status_code=error.status, media_type="application/json")
-
-    return wrapper
 
 
 async def health(_: Request) -> Response:
@@ -82,10 +68,25 @@ async def health(_: Request) -> Response:
     return Response(service.health_body, media_type="application/json")
 
 
-health_app = Starlette(routes=[Route("/health", health, methods=["GET"])])
+@functools.cache
+def openapi_document() -> bytes:
+    """The docs UI's OpenAPI document, made once per worker."""
+    service: IrisClassifier = bentoml.get_current_service()
+    spec = IrisClassifier.openapi_spec.asdict()
+    return json.dumps(describe_api(spec, str(service.model_ref.tag), PUBLIC_PATHS)).encode()
 
 
-@bentoml.asgi_app(health_app, path="/")
+# Mounted ahead of BentoML's own routes: this `/` and `/docs.json` take the place of BentoML's.
+project_routes = Starlette(
+    routes=[
+        Route("/health", health, methods=["GET"]),
+        *docs_routes(openapi_document),
+        *v2_routes(bentoml.get_current_service, is_ready=lambda: not draining()),
+    ]
+)
+
+
+@bentoml.asgi_app(project_routes, path="/")
 @bentoml.service
 class IrisClassifier:
     """Serves the registered `iris_clf` pipeline: one model load per worker."""
@@ -103,6 +104,7 @@ class IrisClassifier:
         fail to start until the crash-loop bound stops the server."""
         model = IrisClassifier.inner.model_ref.resolve()
         require_service_features(str(model.tag), model.info.metadata)
+        require_model_files(str(model.tag), Path(model.path))
 
     @bentoml.on_deployment
     def set_up_supervisor() -> None:  # type: ignore[misc]

@@ -49,12 +49,11 @@ def _contract(running: Running) -> list[str]:
     return problems
 
 
-def _v2(running: Running) -> list[str]:
-    bodies = payloads.v2_bodies()
+def _v2(running: Running, bodies: dict[str, bytes], key: str | None) -> list[str]:
     url = running.url(running.server.paths["predict"])
     problems = []
     for kind, rows in (("predict", 1), ("batch", payloads.BATCH_ROWS)):
-        status, answer = _post(url, bodies[kind], None)
+        status, answer = _post(url, bodies[kind], key)
         outputs = answer.get("outputs") if isinstance(answer, dict) else None
         if status != 200 or not outputs or outputs[0].get("shape") != [rows, 3]:
             problems.append(f"V2 {kind} answered {status}: {answer!r:.200}")
@@ -66,4 +65,8 @@ def check(running: Running) -> list[str]:
     protocol = running.server.protocol
     if protocol == "fixed":
         return []
-    return _v2(running) if protocol == "v2" else _contract(running)
+    if protocol == "v2":
+        return _v2(running, payloads.v2_bodies(), None)
+    if protocol == "project-v2":
+        return _v2(running, payloads.project_v2_bodies(), payloads.API_KEY)
+    return _contract(running)

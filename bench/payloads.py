@@ -38,26 +38,54 @@ def contract_bodies() -> dict[str, bytes]:
     }
 
 
-def _v2(rows: list[list[float]]) -> bytes:
-    tensor = {
-        "name": "input-0",
-        "shape": [len(rows), 4],
-        "datatype": "FP64",
-        "data": [v for r in rows for v in r],
+def _v2(rows: list[list[float]], tensor: str, output: str) -> bytes:
+    body = {
+        "inputs": [
+            {
+                "name": tensor,
+                "shape": [len(rows), 4],
+                "datatype": "FP64",
+                "data": [v for r in rows for v in r],
+            }
+        ],
+        "outputs": [{"name": output}],
     }
-    return json.dumps({"inputs": [tensor], "outputs": [{"name": "predict_proba"}]}).encode()
+    return json.dumps(body).encode()
+
+
+def _v2_bodies(tensor: str, output: str) -> dict[str, bytes]:
+    return {
+        "predict": _v2([row(0)], tensor, output),
+        "batch": _v2([row(i) for i in range(BATCH_ROWS)], tensor, output),
+    }
 
 
 def v2_bodies() -> dict[str, bytes]:
-    """The same rows in MLServer's V2 protocol: a flat FP64 tensor, without ids."""
-    return {"predict": _v2([row(0)]), "batch": _v2([row(i) for i in range(BATCH_ROWS)])}
+    """The same rows in MLServer's V2 protocol: a flat FP64 tensor, without ids, asking for
+    the probabilities only."""
+    return _v2_bodies("input-0", "predict_proba")
+
+
+def project_v2_bodies() -> dict[str, bytes]:
+    """The same V2 bodies with the project's tensor and output names."""
+    return _v2_bodies("features", "probabilities")
+
+
+def body_set(protocol: str) -> str:
+    """Which bodies a server of this protocol takes (the fixed-answer ceilings take the
+    contract's)."""
+    return "contract" if protocol == "fixed" else protocol
 
 
 def write_bodies(folder: Path) -> dict[str, dict[str, Path]]:
     """Write every body to `folder` for wrk; return {protocol: {kind: path}}."""
     folder.mkdir(parents=True, exist_ok=True)
     paths: dict[str, dict[str, Path]] = {}
-    for protocol, bodies in (("contract", contract_bodies()), ("v2", v2_bodies())):
+    for protocol, bodies in (
+        ("contract", contract_bodies()),
+        ("v2", v2_bodies()),
+        ("project-v2", project_v2_bodies()),
+    ):
         for kind, body in bodies.items():
             path = folder / f"{protocol}-{kind}.json"
             path.write_bytes(body)

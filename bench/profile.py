@@ -11,7 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from bench import load, servers
+from bench import load, payloads, servers
 from bench.servers import Server
 
 SECONDS = 10
@@ -144,7 +144,7 @@ def _record(pid: int, fmt: str, out: Path, url: str, body: Path, connections: in
 
 def run(server: Server, bodies: dict[str, dict[str, Path]], results: Path) -> None:
     """Profile `server` on each point of POINTS: flame-NAME-KIND.svg, profile-NAME.md."""
-    paths = bodies["v2" if server.protocol == "v2" else "contract"]
+    paths = bodies[payloads.body_set(server.protocol)]
     running = servers.start(server, results / "raw" / "logs" / f"profile-{server.name}.log")
     sections = []
     try:

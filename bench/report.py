@@ -77,6 +77,13 @@ GOALS = (
         "mlserver",
         2.0,
     ),
+    (
+        "V2 `/infer` rows/s ≥ 2 × MLServer's V2 (the same flat [1000, 4] body)",
+        "batch_rows",
+        "project-v2",
+        "mlserver",
+        2.0,
+    ),
     ("CPU per `/predict` ≤ FastAPI", "cpu_us", "project", "fastapi", 1.0),
     ("RSS ≤ textbook BentoML", "rss", "project", "bentoml", 1.0),
     ("cold start ≤ 1.5 × FastAPI", "cold", "project", "fastapi", 1.5),
@@ -104,6 +111,7 @@ RATIOS = (
     ("CPU per `/predict`, BentoML ceiling / FastAPI", "cpu_us", "bentoml-ceiling", "fastapi"),
     ("`/predict` c=1 p50, BentoML ceiling / FastAPI", "c1_p50", "bentoml-ceiling", "fastapi"),
     ("`/predict` c=64 req/s, project / MLServer", "c64_rps", "project", "mlserver"),
+    ("V2 one-row `/infer` c=64 req/s, project / MLServer", "c64_rps", "project-v2", "mlserver"),
     ("`/predict` c=64 req/s, FastAPI / textbook BentoML", "c64_rps", "fastapi", "bentoml"),
 )
 HIGHER_IS_BETTER = {key: higher for key, _, _, _, higher in METRICS}

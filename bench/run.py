@@ -112,6 +112,7 @@ def lineup(
         home = model_home(DEFAULT_ESTIMATOR)
         off = home | batching_off
         chosen.append(servers.project("project", "project (iris-bento)", home))
+        chosen.append(servers.project_v2(home))
         chosen.append(servers.project("project-nobatch", "project, batching off", off))
         chosen.append(servers.bentoml_ceiling())
         if estimator:
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         measured = {"compute": compute_ceiling(chosen), "top": top(), "servers": {}}
         for server in order:
-            bodies = paths["v2" if server.protocol == "v2" else "contract"]
+            bodies = paths[payloads.body_set(server.protocol)]
             log = RAW / "logs" / f"{stamp}-{server.name}.log"
             measured["servers"][server.name] = bench_server(server, bodies, settings, log)
         raw["rounds"].append(measured)

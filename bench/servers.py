@@ -38,8 +38,8 @@ MLSERVER_BATCH = {"max_batch_size": 64, "max_batch_time": 0.005}
 class Server:
     """One server under test. `argv` may name {bin} (its venv's bin), {port} and {run}.
 
-    `protocol`: "contract" (the project's API), "v2" (MLServer's) or "fixed" (the ceiling,
-    which takes contract bodies and answers them all alike).
+    `protocol`: "contract" (the project's API), "v2" (MLServer's), "project-v2" (the project's
+    V2 route) or "fixed" (the ceiling, which takes contract bodies and answers them all alike).
     """
 
     name: str
@@ -119,6 +119,21 @@ PEERS = (
 def project(name: str, label: str, env: dict[str, str], note: str = "") -> Server:
     """The project as `make serve` starts it, with extra environment for its variants."""
     return Server(name, label, ("make", "--no-print-directory", "serve"), env=env, note=note)
+
+
+def project_v2(env: dict[str, str]) -> Server:
+    """The project as `make serve` starts it, loaded through its Open Inference Protocol route
+    with MLServer's bodies (its own tensor and output names)."""
+    infer = "/v2/models/iris_clf/infer"
+    return Server(
+        "project-v2",
+        "project, V2 route",
+        ("make", "--no-print-directory", "serve"),
+        env=env,
+        protocol="project-v2",
+        paths={"predict": infer, "batch": infer},
+        note="the V2 body MLServer gets, with the project's names",
+    )
 
 
 def bentoml_ceiling() -> Server:

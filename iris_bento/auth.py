@@ -8,14 +8,16 @@ from typing import Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from iris_bento.docs import DOCS_PATHS, STATIC_PREFIX
 from iris_bento.errors import error_body, error_headers
-from iris_bento.settings import MAX_KEY_BYTES, api_keys
+from iris_bento.settings import MAX_KEY_BYTES, api_keys, project_settings
 
-# Probes, metrics and the API schema (BentoML's own client reads /schema.json and /readyz before
-# it sends a key). Everything else needs a key, the docs UI included: BentoML's /docs.json names
-# its own version.
+# Probes (the Open Inference Protocol's too), metrics, and the descriptions of the service that
+# clients read before they send a key (BentoML's client reads /schema.json and /readyz, a V2
+# client /v2). Everything else needs a key; the docs UI too, unless `iris.docs.public` is on.
 PUBLIC_PATHS: Final = frozenset(
     {"/health", "/livez", "/readyz", "/healthz", "/metrics", "/schema.json"}
+    | {"/v2", "/v2/health/live", "/v2/health/ready"}
 )
 
 _CHALLENGE: Final = (b"www-authenticate", b'Bearer realm="iris", charset="UTF-8"')
@@ -51,9 +53,20 @@ class ApiKeyMiddleware:
     """Rejects requests without a valid key with a 401 in the error contract. With no keys
     configured it accepts none (the service itself refuses to start without keys)."""
 
-    def __init__(self, app: ASGIApp, keys: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: Iterable[str] | None = None, public_docs: bool | None = None
+    ) -> None:
         self.app = app
         self._keys = tuple(key.encode() for key in (api_keys() if keys is None else keys))
+        if public_docs is None:
+            public_docs = project_settings().docs.public
+        self._public_docs = public_docs
+
+    def _is_open(self, path: str) -> bool:
+        """A path that answers without a key."""
+        if is_public(path):
+            return True
+        return self._public_docs and (path in DOCS_PATHS or path.startswith(STATIC_PREFIX))
 
     def _accepts(self, key: bytes) -> bool:
         """Constant-time comparison against every configured key (no early exit)."""
@@ -65,7 +78,7 @@ class ApiKeyMiddleware:
         return matched
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan" or is_preflight(scope) or is_public(scope["path"]):
+        if scope["type"] == "lifespan" or is_preflight(scope) or self._is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         keys = presented_keys(scope["headers"])

@@ -1,18 +1,52 @@
 """`make check-config`: check a configuration file as `bentoml serve` would, BentoML's settings
 and the project's, without serving: an operator can check a ConfigMap before rolling it out.
-One line, exit 0 or 1."""
+With `--model`, also the model store entry the service would load, as `make serve` runs it
+first. One line, exit 0 or 1."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sys
+
+import yaml
 
 SERVICE = "service:IrisClassifier"
 
+# BentoML's schema errors (the `schema` library): one line per nested key, then the reasons.
+_KEY = re.compile(r"^Key '([^']*)' error:$")
+# Reasons that hide the value in a validator's repr: "v(-3) should evaluate to True",
+# "Or(<function ...>, ...) did not validate -1".
+_REFUSED_VALUE = re.compile(r"^\w+\((.*)\) should evaluate to True$|did not validate (.*)$")
 
-def main() -> int:
-    from bentoml.exceptions import BentoMLConfigException
 
+def one_line(message: str) -> str:
+    """BentoML's multi-line "Invalid configuration file was given" as one line: the setting,
+    its value and BentoML's reason."""
+    lines = message.splitlines()
+    if not lines or not lines[0].startswith("Invalid configuration file was given"):
+        return " ".join(message.split())
+    keys = [match.group(1) for line in lines[1:] if (match := _KEY.match(line))]
+    reasons = [line for line in lines[1:] if not _KEY.match(line)]
+    reason = reasons[0] if reasons else "not valid"
+    if refused := _REFUSED_VALUE.search(reason):
+        reason = f"{refused.group(1) or refused.group(2)} is not allowed"
+    return f"invalid configuration: {'.'.join(keys)}: {reason}"
+
+
+def say_yaml_error(what: str, error: yaml.MarkedYAMLError) -> str:
+    mark = error.problem_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{what}: not YAML{where}: {error.problem}"
+
+
+def main(argv: list[str]) -> int:
+    from bentoml.exceptions import BentoMLException
+
+    # The check says one line: not BentoML's "Applying user config override" lines, nor its own
+    # logged copy of an error the check reports.
+    logging.getLogger("bentoml").setLevel(logging.CRITICAL)
     try:
         # BentoML reads BENTOML_CONFIG as it loads; `inject_config` applies its schema for the
         # service as `bentoml serve` does; then the project's own section.
@@ -23,15 +57,30 @@ def main() -> int:
         from iris_bento.settings import project_settings, worker_count
 
         settings, workers = project_settings(), worker_count()
-    except (BentoMLConfigException, FileNotFoundError) as error:
-        print(" ".join(str(error).split()), file=sys.stderr)
+    except (BentoMLException, FileNotFoundError) as error:
+        print(one_line(str(error)), file=sys.stderr)
         return 1
+    except yaml.MarkedYAMLError as error:
+        print(say_yaml_error("invalid configuration", error), file=sys.stderr)
+        return 1
+    served = ""
+    if "--model" in argv:
+        model = service.inner.model_ref
+        try:
+            service.inner.refuse_a_model_it_cannot_serve()
+        except BentoMLException as error:
+            print(" ".join(str(error).split()), file=sys.stderr)
+            return 1
+        except yaml.MarkedYAMLError as error:
+            print(say_yaml_error(f"{model.tag} in the model store", error), file=sys.stderr)
+            return 1
+        served = f", model {model.tag}"
     print(
         f"{os.environ.get('BENTOML_CONFIG', '(BentoML defaults)')}: valid "
-        f"({workers} workers, drain {settings.shutdown.drain_s:g} s)"
+        f"({workers} workers, drain {settings.shutdown.drain_s:g} s{served})"
     )
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

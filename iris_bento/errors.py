@@ -6,10 +6,16 @@ auth middleware's 401s and for rewriting the errors that BentoML or Starlette pr
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
+
+from starlette.responses import Response
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Titles that read better than the bare HTTP reason phrases.
 _TITLES: dict[int, str] = {
@@ -67,6 +73,18 @@ class ApiError(Exception):
         return error_body(self.status, self.details)
 
 
+class InvalidInput(ApiError):
+    """A request the schema refuses; `details` lists `{"field": ..., "message": ...}`."""
+
+    status = 400
+
+
+class NotFound(ApiError):
+    """No such model, or no such version of it."""
+
+    status = 404
+
+
 class Overloaded(ApiError):
     """The worker's queue is full: retry later, or elsewhere."""
 
@@ -77,3 +95,16 @@ class TimedOut(ApiError):
     """The model did not answer in time."""
 
     status = 504
+
+
+def renders_api_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R | Response]]:
+    """Turns the project's own errors into contract responses; anything else stays a 500."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | Response:
+        try:
+            return await method(*args, **kwargs)
+        except ApiError as error:
+            return Response(error.body(), status_code=error.status, media_type="application/json")
+
+    return wrapper

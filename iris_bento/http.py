@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from iris_bento.auth import is_public
 from iris_bento.errors import error_body, error_headers, is_error_body
 from iris_bento.lifecycle import closing_connections
-from iris_bento.schemas import FEATURE_SHAPE_TAGS
+from iris_bento.schemas import field_path
 from iris_bento.settings import ConnectionSettings, LimitSettings, project_settings
 
 log = logging.getLogger("iris_bento.access")
@@ -47,6 +47,7 @@ _RETRY_STATUSES: Final = frozenset({429, 503})
 _VALID_REQUEST_ID: Final = re.compile(rb"[\x21-\x7e]{1,128}")
 _JSON_MEDIA_TYPE: Final = re.compile(rb"application/([\w.+-]+\+)?json")
 SEND_JSON: Final = "send the body as JSON with Content-Type: application/json"
+V2_PREFIX: Final = "/v2/"
 
 
 def too_large(limit: int) -> str:
@@ -70,18 +71,6 @@ def _header(headers: Iterable[tuple[bytes, bytes]], wanted: bytes) -> bytes | No
 def has_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     length = _header(headers, b"content-length")
     return length not in (None, b"0") or _header(headers, b"transfer-encoding") is not None
-
-
-def field_path(loc: Iterable[Any]) -> str:
-    """A pydantic error location as `items[3].features[0]`; `body` for the body as a whole."""
-    path, previous = "", None
-    for part in loc:
-        # Right after `features`: the union branch pydantic took, not a field the client sent.
-        is_shape_tag = previous == "features" and part in FEATURE_SHAPE_TAGS
-        previous = part
-        if not is_shape_tag:
-            path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
-    return path or "body"
 
 
 def contract_details(status: int, body: bytes, request_id: str) -> tuple[int, Any]:
@@ -223,8 +212,11 @@ class RequestMiddleware:
         if length is not None and length.isdigit() and int(length) > self._limits.max_body_bytes:
             return 413, too_large(self._limits.max_body_bytes)
         if body_expected:
-            media_type = (_header(headers, b"content-type") or b"").split(b";")[0].strip()
-            if not _JSON_MEDIA_TYPE.fullmatch(media_type.lower()):
+            media_type = _header(headers, b"content-type")
+            # V2 clients (tritonclient among them) send their JSON without a Content-Type.
+            if media_type is None and scope["path"].startswith(V2_PREFIX):
+                return None
+            if not _JSON_MEDIA_TYPE.fullmatch((media_type or b"").split(b";")[0].strip().lower()):
                 return 415, SEND_JSON
         return None
 

@@ -9,12 +9,14 @@ service computes the same arithmetic in the same order and never imports scikit-
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from bentoml.exceptions import BentoMLException
 
 from iris_bento.features import LINEAR_FILE, PIPELINE_FILE
 
@@ -98,3 +100,29 @@ def load_predict_proba(model_dir: Path) -> tuple[PredictProba, str]:
     import joblib
 
     return joblib.load(model_dir / PIPELINE_FILE).predict_proba, "scikit-learn"
+
+
+class ModelUnreadable(BentoMLException):
+    """The model store entry lacks the file a worker loads, or holds one it cannot read; BentoML's
+    CLI prints it as one line and exits 1."""
+
+
+def require_model_files(tag: str, model_dir: Path) -> None:
+    """Refuse, before any worker starts, a store entry that no worker could load. The numpy
+    arrays are loaded (a millisecond); a pipeline is only read, since unpickling it would import
+    scikit-learn into the supervisor."""
+    path = model_dir / (LINEAR_FILE if (model_dir / LINEAR_FILE).exists() else PIPELINE_FILE)
+    try:
+        if path.name == LINEAR_FILE:
+            SoftmaxLinearModel.load(path)
+        else:
+            with path.open("rb") as pipeline:
+                pipeline.read(1)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        reason = (
+            error.strerror if isinstance(error, OSError) else str(error) or type(error).__name__
+        )
+        raise ModelUnreadable(
+            f"{tag}: {path.name} in the model store cannot be read ({reason}): register the "
+            "model again (make train) or serve another version (IRIS_MODEL_TAG)"
+        ) from None

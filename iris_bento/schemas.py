@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
@@ -30,8 +31,11 @@ class NamedFeatures(_Strict):
     petal_width: Measurement
 
 
-# Tags of the two shapes of `features`; they appear in pydantic's error locations only.
+# Tags of the two shapes of `features`, and of the two layouts of a V2 tensor's `data`; they
+# appear in pydantic's error locations only, right after the field's name.
 FEATURE_SHAPE_TAGS: Final = frozenset({"list", "object"})
+TENSOR_LAYOUT_TAGS: Final = frozenset({"flat", "nested"})
+UNION_TAGS: Final = {"features": FEATURE_SHAPE_TAGS, "data": TENSOR_LAYOUT_TAGS}
 
 
 def _feature_shape(value: Any) -> str | None:
@@ -106,3 +110,15 @@ def feature_row(features: list[float] | NamedFeatures) -> list[float]:
     if isinstance(features, NamedFeatures):
         return [getattr(features, name) for name in FEATURE_NAMES]
     return features
+
+
+def field_path(loc: Iterable[Any]) -> str:
+    """A pydantic error location as `items[3].features[0]`; `body` for the body as a whole."""
+    path, previous = "", None
+    for part in loc:
+        # Right after a union field: the branch pydantic took, not a field the client sent.
+        is_shape_tag = part in UNION_TAGS.get(previous, ())
+        previous = part
+        if not is_shape_tag:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path or "body"

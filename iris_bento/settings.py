@@ -96,12 +96,19 @@ class SupervisorSettings(_Section):
     window_s: PositiveFloat = 60.0
 
 
+class DocsSettings(_Section):
+    """Whether the docs UI (`/`, `/docs.json`, `/static_content/`) answers without a key."""
+
+    public: bool = False
+
+
 class ProjectSettings(_Section):
     batching: BatchingSettings = BatchingSettings()
     limits: LimitSettings = LimitSettings()
     connections: ConnectionSettings = ConnectionSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
+    docs: DocsSettings = DocsSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> ProjectSettings:

@@ -195,6 +195,11 @@ class PortInUse(BentoMLException):
     circus's own error is a 50-line traceback."""
 
 
+def _not_said_by_port_in_use(record: logging.LogRecord) -> bool:
+    """Drops circus's "Could not bind" line: `PortInUse` says it, with what to do."""
+    return not str(record.msg).startswith("Could not bind")
+
+
 def _initialize_and_supervise(
     arbiter: Arbiter, settings: SupervisorSettings, drain_s: float
 ) -> None:
@@ -221,3 +226,4 @@ def supervise_workers(settings: SupervisorSettings, drain_s: float = 0.0) -> Non
     Arbiter.initialize = partialmethod(  # type: ignore[method-assign]
         _initialize_and_supervise, settings=settings, drain_s=drain_s
     )
+    logging.getLogger("circus").addFilter(_not_said_by_port_in_use)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the real image the documented way (`bentoml build`, `bentoml containerize`), run it and
-# check the service contract against it over HTTP; then stop and remove the container.
+# Build the real image with `make image` (the documented `bentoml build` and `bentoml containerize`),
+# run it and check the service contract against it over HTTP; then stop and remove the container.
 #
 # This machine has no Docker engine and no registry, so the script also sets up what only this
 # environment needs, all of it kept out of the project's release path:
@@ -48,23 +48,6 @@ export CONTAINERS_REGISTRIES_CONF="$PODMAN_ROOT/registries.conf"
 log() { printf '[container-smoke] %s\n' "$*" >&2; }
 now() { date +%s.%N; }
 elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
-
-install_tools() {
-    local missing=()
-    command -v podman >/dev/null || missing+=(podman)
-    command -v runc >/dev/null || missing+=(runc)
-    command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
-    if ((${#missing[@]} == 0)); then
-        return
-    fi
-    if [[ $(id -u) -ne 0 ]]; then
-        log "missing ${missing[*]}: install them (apt-get install ${missing[*]}) or run as root"
-        exit 1
-    fi
-    log "installing ${missing[*]} from Debian"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc mmdebstrap >/dev/null
-}
 
 write_podman_settings() {
     mkdir -p "$PODMAN_ROOT"
@@ -126,13 +109,6 @@ build_base_image() {
     rm -rf "$tmp"
 }
 
-ensure_model() {
-    if ! "$VENV_BIN/bentoml" models get iris_clf:latest >/dev/null 2>&1; then
-        log "training and registering iris_clf in $BENTOML_HOME"
-        (cd "$PROJECT_DIR" && "$VENV_BIN/python" train.py >/dev/null)
-    fi
-}
-
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -192,7 +168,7 @@ cleanup() {
 main() {
     local t0 t
     t0="$(now)"
-    install_tools
+    "$SCRIPT_DIR/apt_install.sh" podman runc mmdebstrap
     write_podman_settings
     t="$(now)"
     build_base_image
@@ -204,36 +180,22 @@ main() {
         export BENTOML_HOME="$OWN_BENTOML_HOME"
     fi
     trap cleanup EXIT
-    ensure_model
-
-    t="$(now)"
-    (cd "$PROJECT_DIR" && "$VENV_BIN/bentoml" build . >"$PODMAN_ROOT/build.log" 2>&1) || {
-        tail -n 40 "$PODMAN_ROOT/build.log" >&2
-        exit 1
-    }
-    local build_s
-    build_s="$(elapsed "$t")"
-    log "bentoml build: ${build_s}s"
 
     local uv_bin="$VENV_BIN/uv"
     [[ -x "$uv_bin" ]] || uv_bin="$(command -v uv)"
     t="$(now)"
-    # From /: BentoML 1.4.39 copies the Bento to a temporary folder and then refuses to read the
-    # Dockerfile template there unless it is below the current directory (bentoml issue 5566).
+    # `make image` trains the model when the store has none, builds the Bento and containerizes it.
     # --opt network=host: podman's bridge network leaves iptables chains behind in this sandbox.
-    # --opt format=docker: the OCI format has no HEALTHCHECK field.
-    cd /
-    PATH="$VENV_BIN:$PATH" "$VENV_BIN/bentoml" containerize iris_classifier:latest \
-        --backend podman --image-tag "$IMAGE_TAG" \
-        --opt network=host --opt format=docker --opt "volume=$uv_bin:/usr/local/bin/uv:ro" \
-        >"$PODMAN_ROOT/containerize.log" 2>&1 || {
-        tail -n 40 "$PODMAN_ROOT/containerize.log" >&2
+    make -C "$PROJECT_DIR" --no-print-directory image IMAGE_TAG="$IMAGE_TAG" IMAGE_BACKEND=podman \
+        CONTAINERIZE_ARGS="--opt network=host --opt volume=$uv_bin:/usr/local/bin/uv:ro" \
+        >"$PODMAN_ROOT/image.log" 2>&1 || {
+        tail -n 40 "$PODMAN_ROOT/image.log" >&2
         exit 1
     }
-    local containerize_s size_bytes
-    containerize_s="$(elapsed "$t")"
+    local image_s size_bytes
+    image_s="$(elapsed "$t")"
     size_bytes="$(podman image inspect --format '{{ .Size }}' "$IMAGE_TAG")"
-    log "bentoml containerize: ${containerize_s}s, image $IMAGE_TAG: $((size_bytes / 1000000)) MB"
+    log "make image: ${image_s}s, image $IMAGE_TAG: $((size_bytes / 1000000)) MB"
 
     local port key
     port="$(free_port)"
@@ -286,8 +248,8 @@ main() {
     python3 - "${IRIS_SMOKE_REPORT:-$PODMAN_ROOT/smoke-report.json}" <<EOF
 import json, sys
 json.dump({"image": "$IMAGE_TAG", "image_size_bytes": $size_bytes,
-           "base_image_seconds": $base_s, "bento_build_seconds": $build_s,
-           "containerize_seconds": $containerize_s, "ready_seconds": $ready_s,
+           "base_image_seconds": $base_s, "image_seconds": $image_s,
+           "ready_seconds": $ready_s,
            "stop_seconds": $stop_s, "memory": "$memory",
            "worker_replaced_seconds": $WORKER_REPLACED_S,
            "worker_ready_seconds": $WORKER_READY_S,

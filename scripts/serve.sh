@@ -4,28 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-model_tag=${IRIS_MODEL_TAG:-iris_clf:latest}
-
-# Whether the store has the model. BentoML's store keeps a model as models/NAME/VERSION/model.yaml
-# and names the newest version in models/NAME/latest: finding it there spares the second that
-# asking BentoML (`bentoml models get`) takes, which stays the answer whenever the files disagree.
-model_in_store() {
-  local name=${model_tag%%:*} version=${model_tag#*:}
-  local folder=${BENTOML_HOME:-$HOME/bentoml}/models/$name
-  if [[ $version == latest && -r $folder/latest ]]; then
-    version=$(<"$folder/latest")
-  fi
-  [[ -f $folder/$version/model.yaml ]] || bentoml models get "$model_tag" >/dev/null 2>&1
-}
-
-if ! model_in_store; then
-  if [[ $model_tag != "iris_clf:latest" ]]; then
-    echo "IRIS_MODEL_TAG=$model_tag is not in the model store (bentoml models list iris_clf)." >&2
-    exit 1
-  fi
-  echo "No $model_tag in the model store: training one."
-  python train.py
-fi
+source scripts/model_store.sh
+ensure_model
 
 if [[ -z "${IRIS_API_KEYS:-}" ]]; then
   key_file=.dev-api-key
@@ -40,10 +20,30 @@ if [[ -z "${IRIS_API_KEYS:-}" ]]; then
    IRIS_API_KEYS is not set: serving with a development key (in $key_file)
      $IRIS_API_KEYS
    Send it as:  -H "x-api-key: \$(cat $key_file)"
+   Or try the API in a browser at http://${HOST:-127.0.0.1}:${PORT:-3000}/ (Authorize, ApiKey).
    For anything but local use, set IRIS_API_KEYS to keys of your own.
   ========================================================================
 
 BANNER
 fi
+
+# Local use: the docs UI at / answers without a key, for trying the API in a browser (the shipped
+# configuration.yaml keeps it behind the key). What BENTOML_CONFIG_OVERRIDES already says wins.
+BENTOML_CONFIG_OVERRIDES=$(python - <<'PY'
+import json, os
+
+def merged(base: dict, update: dict) -> dict:
+    return {**base, **{k: merged(base.get(k, {}), v) if isinstance(v, dict) else v
+                       for k, v in update.items()}}
+
+public_docs = {"services": {"IrisClassifier": {"iris": {"docs": {"public": True}}}}}
+print(json.dumps(merged(public_docs, json.loads(os.environ.get("BENTOML_CONFIG_OVERRIDES") or "{}"))))
+PY
+)
+export BENTOML_CONFIG_OVERRIDES
+
+# A mistake in the configuration or in the model store entry, said in one line before any worker
+# starts (`bentoml serve` says BentoML's own in several lines, or a traceback for broken YAML).
+python -m iris_bento.config_check --model >/dev/null
 
 exec bentoml serve service:IrisClassifier --host "${HOST:-127.0.0.1}" --port "${PORT:-3000}"

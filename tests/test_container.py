@@ -30,6 +30,11 @@ MAX_IMAGE_BYTES = 450_000_000
 # scratch space, not a temporary file).
 PODMAN_ROOT = Path(os.environ.get("IRIS_PODMAN_ROOT", "/var/tmp/iris-bento-podman"))  # noqa: S108
 
+# An invalid project setting, as an operator might pass it to the container.
+OVERRIDE_ROWS = json.dumps(
+    {"services": {"IrisClassifier": {"iris": {"batching": {"max_batch_rows": -1}}}}}
+)
+
 # The Deployment's emptyDir on /tmp, inside the container.
 POD_TMPFS = "/tmp:rw,size=64m"  # noqa: S108
 
@@ -153,11 +158,27 @@ def test_image_holds_the_model_and_no_compiler(smoke: dict[str, Any]) -> None:
     assert len(listing.split()) >= 2, "a model version directory expected"
 
 
-@pytest.mark.parametrize("keys", [None, " , "], ids=["absent", "blank"])
-def test_container_refuses_to_start_without_api_keys(
-    smoke: dict[str, Any], keys: str | None
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({}, "IRIS_API_KEYS is not set"),
+        ({"IRIS_API_KEYS": " , "}, "IRIS_API_KEYS is not set"),
+        (
+            {"IRIS_API_KEYS": "k", "BENTOML_CONFIG_OVERRIDES": OVERRIDE_ROWS},
+            "services.IrisClassifier.iris.batching.max_batch_rows = -1",
+        ),
+        (
+            {"IRIS_API_KEYS": "k", "IRIS_MODEL_TAG": "iris_clf:nosuchversion"},
+            "iris_clf:nosuchversion could not be found",
+        ),
+    ],
+    ids=["no-keys", "blank-keys", "bad-setting", "unknown-model"],
+)
+def test_a_start_up_mistake_stops_the_container_in_one_line(
+    smoke: dict[str, Any], env: dict[str, str], line: str
 ) -> None:
-    env_args = [] if keys is None else ["--env", f"IRIS_API_KEYS={keys}"]
+    """Exit 1 and one error line, before any worker; no traceback."""
+    env_args = [arg for name, value in env.items() for arg in ("--env", f"{name}={value}")]
     result = subprocess.run(
         ["podman", "run", "--rm", "--network", "none", *env_args, IMAGE],
         env={k: v for k, v in podman_env().items() if k != "IRIS_API_KEYS"},
@@ -165,8 +186,11 @@ def test_container_refuses_to_start_without_api_keys(
         text=True,
         timeout=120,
     )
-    assert result.returncode != 0
-    assert "IRIS_API_KEYS" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    errors = [text for text in output.splitlines() if text.startswith("Error:")]
+    assert len(errors) == 1 and line in errors[0], output
+    assert "Traceback" not in output and "service ready" not in output, output
 
 
 def test_generated_dockerfile_passes_hadolint(smoke: dict[str, Any]) -> None:

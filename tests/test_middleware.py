@@ -18,7 +18,8 @@ from starlette.routing import Route
 
 from iris_bento import auth
 from iris_bento.auth import PUBLIC_PATHS, ApiKeyMiddleware
-from iris_bento.http import RequestMiddleware, field_path
+from iris_bento.http import RequestMiddleware
+from iris_bento.schemas import field_path
 from iris_bento.settings import (
     MAX_KEY_BYTES,
     ApiKeysError,

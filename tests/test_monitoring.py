@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,12 @@ METRIC_NAME = re.compile(r"\b(?:iris|bentoml)[_:][a-z0-9_:]*|\bup\b")
 def promtool() -> str:
     """promtool from Debian's prometheus package, installed by the project's script if missing."""
     result = subprocess.run(
-        [str(ROOT / "scripts" / "install_promtool.sh")], capture_output=True, text=True
+        [str(ROOT / "scripts" / "apt_install.sh"), "prometheus"], capture_output=True, text=True
     )
-    if result.returncode != 0:
-        pytest.skip(result.stderr.strip().splitlines()[-1])
-    return result.stdout.strip().splitlines()[-1]
+    found = shutil.which("promtool")
+    if result.returncode != 0 or found is None:
+        pytest.skip((result.stderr.strip() or "promtool not found").splitlines()[-1])
+    return found
 
 
 def run(command: list[str]) -> str:
