@@ -30,6 +30,7 @@ from sklearn.datasets import load_iris
 
 from iris_bento.drift import psi, shares_from_cumulative
 from iris_bento.features import FEATURE_NAMES
+from iris_bento.metrics import FLUSH_S
 
 SHIFTED_FEATURE = "petal_length"
 
@@ -139,24 +140,38 @@ class Traffic:
 
 
 def drill(args: argparse.Namespace) -> dict[str, Any]:
-    """Two phases of traffic, scraped every `scrape_s`; figures over a sliding window."""
+    """Two phases of traffic, scraped every `scrape_s`; figures over a sliding window. The shifted
+    phase lasts `phase_s` and until one whole window holds shifted traffic only (counts reach
+    /metrics up to FLUSH_S late, so the window starts that much after the shift)."""
     scrapes: list[Scrape] = []
     series: list[dict[str, Any]] = []
     _, training = scrape(args.url)
     with Traffic(args.url, args.api_key, args.rate) as traffic:
         start = time.monotonic()
-        shift_at = start + args.phase_s
-        while (now := time.monotonic()) < shift_at + args.phase_s:
-            traffic.shift_cm = args.shift_cm if now >= shift_at else 0.0
+        deadline = start + 2 * args.phase_s + 3 * args.window_s + 60
+        shifted_at: float | None = None
+        while True:
+            now = time.monotonic()
+            if shifted_at is None and now >= start + args.phase_s:
+                traffic.shift_cm, shifted_at = args.shift_cm, now
             found, _ = scrape(args.url)
             scrapes.append(found)
-            old = next((s for s in scrapes if s.at >= found.at - args.window_s), scrapes[0])
+            old = next(s for s in scrapes if s.at >= found.at - args.window_s)
             if found.at - old.at >= args.window_s * 0.9:
                 figures = window_figures(old, found, training)
-                figures["t"] -= start
+                figures["t"], figures["from_t"] = found.at - start, old.at - start
                 series.append(figures)
+            if (
+                shifted_at is not None
+                and now >= shifted_at + args.phase_s
+                and series[-1]["from_t"] >= shifted_at - start + FLUSH_S
+            ):
+                break
+            if now > deadline:
+                raise SystemExit("/metrics answered too slowly for a window after the shift")
             time.sleep(args.scrape_s)
-    before = [f for f in series if f["t"] <= args.phase_s]
+    shift_s = shifted_at - start
+    before = [f for f in series if f["t"] <= shift_s]
     if not before:
         raise SystemExit("no full window before the shift: make --phase-s longer than --window-s")
     return {
@@ -164,7 +179,7 @@ def drill(args: argparse.Namespace) -> dict[str, Any]:
             key: getattr(args, key)
             for key in ("phase_s", "window_s", "scrape_s", "rate", "shift_cm")
         },
-        "shift_at_s": args.phase_s,
+        "shift_at_s": shift_s,
         "shifted_feature": SHIFTED_FEATURE,
         "training_class_shares": training.class_shares,
         "requests": traffic.sent,
@@ -206,7 +221,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         axis.grid(alpha=0.3)
     axes[0].set_title(
         f"Drift drill: {result['shifted_feature']} +{result['settings']['shift_cm']:g} cm "
-        f"from {result['shift_at_s']:g} s (dashed line)"
+        f"from {result['shift_at_s']:.0f} s (dashed line)"
     )
     figure.tight_layout()
     figure.savefig(path, dpi=80)

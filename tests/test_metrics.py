@@ -287,6 +287,7 @@ def test_the_drift_drill_sees_the_shift(server: RunningServer, tmp_path: Path) -
     before, after = result["before_shift"], result["after_shift"]
     assert result["failed"] == 0
     assert before["rows"] > 100 and after["rows"] > 100
+    assert before["t"] <= result["shift_at_s"] < after["from_t"]
     assert before["psi"]["petal_length"] < 0.25 < after["psi"]["petal_length"]
     assert before["out_of_range"]["petal_length"] < 0.05 < after["out_of_range"]["petal_length"]
     assert after["psi"]["sepal_width"] < 0.25, "the other features did not move"
