@@ -1,8 +1,10 @@
-"""The Iris classifier as a BentoML service: /health, /predict and /batch_predict.
+"""The Iris classifier as a BentoML service: /health, /predict and /batch_predict, the Open
+Inference Protocol's routes under /v2 (`iris_bento.v2`), and the docs UI (`iris_bento.docs`).
 
 Requests pass, outermost first: the request middleware (request id, limits, error contract,
 access log), CORS when enabled, API-key auth, then BentoML's routing and pydantic validation.
-Concurrent predictions of a worker are coalesced into single model calls by `MicroBatcher`.
+Concurrent predictions of a worker, native and V2 alike, are coalesced into single model calls
+by `MicroBatcher`.
 """
 
 from __future__ import annotations

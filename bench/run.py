@@ -31,7 +31,10 @@ POINTS = (
     ("predict c=64", "predict", 64),
     ("batch c=4", "batch", 4),
 )
+# The project's variants measure what they are compared on: c=64, and for the V2 route the
+# 1000-row body too.
 VARIANT_POINTS = POINTS[2:3]
+V2_POINTS = POINTS[2:4]
 # What `train.py` trains by default, and so what the project serves.
 DEFAULT_ESTIMATOR = "logistic_regression"
 
@@ -190,7 +193,11 @@ def bench_server(
         url = {kind: running.url(path) for kind, path in server.paths.items()}
         pid = running.process.pid
         load.wrk(url["predict"], bodies["predict"], 16, settings.warmup)
-        points = VARIANT_POINTS if server.name.startswith("project-") else POINTS
+        points = POINTS
+        if server.protocol == "project-v2":
+            points = V2_POINTS
+        elif server.name.startswith("project-"):
+            points = VARIANT_POINTS
         measured = {}
         for name, kind, connections in points:
             measured[name] = load.measure(

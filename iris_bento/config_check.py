@@ -5,10 +5,12 @@ first. One line, exit 0 or 1."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -35,10 +37,33 @@ def one_line(message: str) -> str:
     return f"invalid configuration: {'.'.join(keys)}: {reason}"
 
 
-def say_yaml_error(what: str, error: yaml.MarkedYAMLError) -> str:
-    mark = error.problem_mark
+def say_yaml_error(what: str, error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    return f"{what}: not YAML{where}: {error.problem}"
+    problem = getattr(error, "problem", None) or " ".join(str(error).split())
+    return f"{what}: not YAML{where}: {problem}"
+
+
+def file_mistake() -> str | None:
+    """What BentoML would meet with a traceback: a configuration file that is missing, not
+    text, not YAML or not a mapping, and overrides that are not a JSON object."""
+    if path := os.environ.get("BENTOML_CONFIG"):
+        try:
+            settings = yaml.safe_load(Path(path).read_bytes())
+        except OSError as error:
+            return f"invalid configuration: {path}: {error.strerror}"
+        except yaml.YAMLError as error:
+            return say_yaml_error(f"invalid configuration: {path}", error)
+        if not isinstance(settings, dict):
+            return f"invalid configuration: {path} holds no mapping of settings"
+    if overrides := os.environ.get("BENTOML_CONFIG_OVERRIDES"):
+        try:
+            settings = json.loads(overrides)
+        except ValueError as error:
+            return f"invalid configuration: BENTOML_CONFIG_OVERRIDES is not JSON: {error}"
+        if not isinstance(settings, dict):
+            return "invalid configuration: BENTOML_CONFIG_OVERRIDES is not a JSON object"
+    return None
 
 
 def main(argv: list[str]) -> int:
@@ -47,6 +72,9 @@ def main(argv: list[str]) -> int:
     # The check says one line: not BentoML's "Applying user config override" lines, nor its own
     # logged copy of an error the check reports.
     logging.getLogger("bentoml").setLevel(logging.CRITICAL)
+    if mistake := file_mistake():
+        print(mistake, file=sys.stderr)
+        return 1
     try:
         # BentoML reads BENTOML_CONFIG as it loads; `inject_config` applies its schema for the
         # service as `bentoml serve` does; then the project's own section.
@@ -57,11 +85,8 @@ def main(argv: list[str]) -> int:
         from iris_bento.settings import project_settings, worker_count
 
         settings, workers = project_settings(), worker_count()
-    except (BentoMLException, FileNotFoundError) as error:
+    except BentoMLException as error:
         print(one_line(str(error)), file=sys.stderr)
-        return 1
-    except yaml.MarkedYAMLError as error:
-        print(say_yaml_error("invalid configuration", error), file=sys.stderr)
         return 1
     served = ""
     if "--model" in argv:
@@ -71,7 +96,7 @@ def main(argv: list[str]) -> int:
         except BentoMLException as error:
             print(" ".join(str(error).split()), file=sys.stderr)
             return 1
-        except yaml.MarkedYAMLError as error:
+        except yaml.YAMLError as error:
             print(say_yaml_error(f"{model.tag} in the model store", error), file=sys.stderr)
             return 1
         served = f", model {model.tag}"

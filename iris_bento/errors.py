@@ -85,6 +85,12 @@ class NotFound(ApiError):
     status = 404
 
 
+class NotReady(ApiError):
+    """The worker takes no new work: it is draining."""
+
+    status = 503
+
+
 class Overloaded(ApiError):
     """The worker's queue is full: retry later, or elsewhere."""
 

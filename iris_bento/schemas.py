@@ -57,6 +57,24 @@ Features = Annotated[
 ]
 
 
+def _layout(value: Any) -> str | None:
+    """Validate against the layout the client sent, so errors name one layout, not both."""
+    if isinstance(value, list):
+        return "nested" if value and isinstance(value[0], list) else "flat"
+    return None
+
+
+# A V2 tensor's elements: four measurements a row, flat or nested in row-major order.
+TensorData = Annotated[
+    Annotated[list[Measurement], Tag("flat")] | Annotated[list[FeatureList], Tag("nested")],
+    Discriminator(
+        _layout,
+        custom_error_type="tensor_data",
+        custom_error_message="expected the elements as a flat list, or nested in row-major order",
+    ),
+]
+
+
 class PredictRequest(_Strict):
     """One record: an optional id, echoed back, and four measurements in centimetres."""
 

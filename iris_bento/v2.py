@@ -17,10 +17,8 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
     StrictInt,
-    Tag,
     ValidationError,
     WithJsonSchema,
 )
@@ -30,15 +28,17 @@ from starlette.routing import Route
 
 from iris_bento import project_version
 from iris_bento.batching import MicroBatcher
-from iris_bento.errors import InvalidInput, NotFound, renders_api_errors
+from iris_bento.errors import InvalidInput, NotFound, NotReady, renders_api_errors
 from iris_bento.features import FEATURE_NAMES, MODEL_NAME
-from iris_bento.schemas import FeatureList, Measurement, RequestId, field_path
+from iris_bento.schemas import RequestId, TensorData, field_path
 from iris_bento.settings import project_settings
 
 SERVER_NAME: Final = "iris-bento"
 INPUT_NAME: Final = "features"
 PROBABILITIES: Final = "probabilities"
 LABELS: Final = "labels"
+# Triton's binary tensor data extension: the JSON's length, binary tensors after it.
+BINARY_HEADER: Final = "inference-header-content-length"
 
 
 def _scalar(value: Any) -> Any:
@@ -56,23 +56,6 @@ Parameters = dict[str, ParameterValue]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def _layout(value: Any) -> str | None:
-    """Validate against the layout the client sent, so errors name one layout, not both."""
-    if isinstance(value, list):
-        return "nested" if value and isinstance(value[0], list) else "flat"
-    return None
-
-
-TensorData = Annotated[
-    Annotated[list[Measurement], Tag("flat")] | Annotated[list[FeatureList], Tag("nested")],
-    Discriminator(
-        _layout,
-        custom_error_type="tensor_data",
-        custom_error_message="expected the elements as a flat list, or nested in row-major order",
-    ),
-]
 
 
 class RequestInput(_Strict):
@@ -239,12 +222,12 @@ def v2_routes(
     def _model(request: Request) -> ServedModel:
         """The served model, if the path names it (and, when it names one, its version)."""
         model = current_model()
-        name = request.path_params["name"]
-        version = request.path_params.get("version", model.model_version)
-        if name != MODEL_NAME or version != model.model_version:
+        name, version = request.path_params["name"], request.path_params.get("version")
+        if name != MODEL_NAME or version not in (None, model.model_version):
+            asked = repr(name) if version is None else f"{name!r} version {version!r}"
             raise NotFound(
-                f"no model {name!r} version {version!r}: this server serves {MODEL_NAME!r} "
-                f"version {model.model_version!r}"
+                f"no model {asked}: this server serves {MODEL_NAME!r} version "
+                f"{model.model_version!r}"
             )
         return model
 
@@ -254,10 +237,15 @@ def v2_routes(
     async def live(_: Request) -> Response:
         return Response(b'{"live":true}', media_type="application/json")
 
+    def _require_ready() -> None:
+        """Not ready while draining: 503 in the error contract, as /readyz answers."""
+        if not is_ready():
+            raise NotReady("not ready: this worker is draining")
+
+    @renders_api_errors
     async def ready(_: Request) -> Response:
-        ready = is_ready()
-        body = b'{"ready":true}' if ready else b'{"ready":false}'
-        return Response(body, status_code=200 if ready else 503, media_type="application/json")
+        _require_ready()
+        return Response(b'{"ready":true}', media_type="application/json")
 
     @renders_api_errors
     async def metadata(request: Request) -> Response:
@@ -266,12 +254,17 @@ def v2_routes(
     @renders_api_errors
     async def model_ready(request: Request) -> Response:
         _model(request)
-        ready = is_ready()
-        return _json(ModelReady(name=MODEL_NAME, ready=ready), 200 if ready else 503)
+        _require_ready()
+        return _json(ModelReady(name=MODEL_NAME, ready=True))
 
     @renders_api_errors
     async def infer(request: Request) -> Response:
         model = _model(request)
+        if BINARY_HEADER in request.headers:
+            raise InvalidInput(
+                "the binary tensor data extension is not supported: send the tensors as JSON "
+                "(binary_data=False in tritonclient)"
+            )
         inference, rows = parse_rows(await request.body())
         probabilities = await model.batcher.infer(rows)
         return _json(inference_response(inference, model, probabilities))
@@ -288,111 +281,3 @@ def v2_routes(
             Route(f"{prefix}/infer", infer, methods=["POST"]),
         ]
     return routes
-
-
-V2_TAG: Final = "Open Inference Protocol"
-# The bodies the V2 routes validate and answer, for the OpenAPI document.
-V2_MODELS: Final = [
-    (InferenceRequest, "validation"),
-    (InferenceResponse, "serialization"),
-    (ModelMetadata, "serialization"),
-    (ModelReady, "serialization"),
-    (ServerMetadata, "serialization"),
-]
-_MODEL_ERRORS: Final = {
-    "401": "No API key, or one that is not valid.",
-    "404": "No such model, or no such version of it.",
-}
-_INFER_ERRORS: Final = {
-    "400": "The body does not match the schema, or its data do not fill its shape; `details` "
-    "names the tensor and the element.",
-    **_MODEL_ERRORS,
-    "413": "The body is larger than `iris.limits.max_body_bytes`.",
-    "415": "A body sent with a Content-Type other than `application/json`.",
-    "429": "This worker is at its limit of requests in flight; retry after `Retry-After`.",
-    "500": "An error in the service; the log has its request id.",
-    "503": "The worker is draining or its queue is full; retry after `Retry-After`.",
-    "504": "The model did not answer in time.",
-}
-
-
-def tighten_tensor_schema(schemas: dict[str, Any], max_rows: int) -> None:
-    """The input tensor's JSON schema as close to what is accepted as JSON Schema can say: a
-    shape of [N, 4] with N from 1 to `max_rows`, and as many elements, flat or in rows of four.
-    That N rows fill the shape is checked by the service only (JSON Schema cannot relate two
-    fields' values)."""
-    width = len(FEATURE_NAMES)
-    tensor = schemas["RequestInput"]["properties"]
-    tensor["shape"] = {
-        "type": "array",
-        "prefixItems": [
-            {"type": "integer", "minimum": 1, "maximum": max_rows},
-            {"const": width},
-        ],
-        "items": False,
-        "minItems": 2,
-        "examples": [[1, width]],
-    }
-    flat, nested = tensor["data"]["oneOf"]
-    flat.update(minItems=width, maxItems=width * max_rows)
-    nested.update(minItems=1, maxItems=max_rows)
-
-
-def _flag(name: str) -> dict[str, Any]:
-    """`{"live": true}` and the like."""
-    return {"type": "object", "required": [name], "properties": {name: {"type": "boolean"}}}
-
-
-def v2_paths(
-    model_version: str,
-    json_response: Callable[[str, Any], dict[str, Any]],
-    error_responses: Callable[[dict[str, str]], dict[str, Any]],
-) -> dict[str, Any]:
-    """The V2 routes in an OpenAPI document, in the document's own response shapes; the path
-    parameters name the one model and version served (others are 404)."""
-
-    def operation(description: str, ok: Any, errors: dict[str, str], **more: Any) -> dict:
-        responses = {"200": json_response(description, ok), **error_responses(errors), **more}
-        return {"tags": [V2_TAG], "description": description, "responses": responses}
-
-    not_ready = {"503": json_response("Not ready, or draining", _flag("ready"))}
-    paths: dict[str, Any] = {
-        "/v2": {
-            "get": operation("The server's name, version and extensions", "ServerMetadata", {})
-        },
-        "/v2/health/live": {"get": operation("Whether the server is live", _flag("live"), {})},
-        "/v2/health/ready": {
-            "get": operation(
-                "Whether the server takes inference requests", _flag("ready"), {}, **not_ready
-            )
-        },
-    }
-    name = {"name": "model_name", "in": "path", "required": True, "schema": {"enum": [MODEL_NAME]}}
-    version = {**name, "name": "model_version", "schema": {"enum": [model_version]}}
-    for prefix, parameters in (
-        ("/v2/models/{model_name}", [name]),
-        ("/v2/models/{model_name}/versions/{model_version}", [name, version]),
-    ):
-        metadata = operation(
-            "The model's versions, inputs and outputs", "ModelMetadata", _MODEL_ERRORS
-        )
-        ready = operation(
-            "Whether the model takes inference requests", "ModelReady", _MODEL_ERRORS, **not_ready
-        )
-        infer = operation(
-            "Class probabilities and labels of N rows of four features",
-            "InferenceResponse",
-            _INFER_ERRORS,
-        )
-        infer["requestBody"] = {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}
-            },
-        }
-        for method in (metadata, ready, infer):
-            method["parameters"] = parameters
-        paths[prefix] = {"get": metadata}
-        paths[f"{prefix}/ready"] = {"get": ready}
-        paths[f"{prefix}/infer"] = {"post": infer}
-    return paths

@@ -27,6 +27,10 @@ if [[ -z "${IRIS_API_KEYS:-}" ]]; then
 BANNER
 fi
 
+# A mistake in the configuration or in the model store entry, said in one line before any worker
+# starts (`bentoml serve` says BentoML's own in several lines, or a traceback for broken YAML).
+python -m iris_bento.config_check --model >/dev/null
+
 # Local use: the docs UI at / answers without a key, for trying the API in a browser (the shipped
 # configuration.yaml keeps it behind the key). What BENTOML_CONFIG_OVERRIDES already says wins.
 BENTOML_CONFIG_OVERRIDES=$(python - <<'PY'
@@ -41,9 +45,5 @@ print(json.dumps(merged(public_docs, json.loads(os.environ.get("BENTOML_CONFIG_O
 PY
 )
 export BENTOML_CONFIG_OVERRIDES
-
-# A mistake in the configuration or in the model store entry, said in one line before any worker
-# starts (`bentoml serve` says BentoML's own in several lines, or a traceback for broken YAML).
-python -m iris_bento.config_check --model >/dev/null
 
 exec bentoml serve service:IrisClassifier --host "${HOST:-127.0.0.1}" --port "${PORT:-3000}"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import requests
@@ -269,3 +269,38 @@ def predict_through_a_stop(
     for thread in threads:
         thread.join(timeout=40)
     return outcomes, stopped_after
+
+
+T = TypeVar("T")
+
+
+def wait_for(probe: Callable[[], T], timeout_s: float) -> T:
+    """The first truthy answer of `probe` within the time, else its last one."""
+    deadline = time.monotonic() + timeout_s
+    while not (answer := probe()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return answer
+
+
+def records(server: RunningServer) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in server.log_lines() if line.startswith("{")]
+
+
+def logged(server: RunningServer, message: str) -> list[dict[str, Any]]:
+    return [record for record in records(server) if record["message"] == message]
+
+
+def workers(server: RunningServer) -> set[int]:
+    """The live workers' pids: the children of `bentoml serve`, which is the supervisor."""
+    return live_children(server.process.pid)
+
+
+def ready_workers(server: RunningServer) -> set[int]:
+    """The live workers that have logged their start-up line."""
+    return workers(server) & {record["pid"] for record in logged(server, "service ready")}
+
+
+def both_workers_ready(server: RunningServer) -> set[int]:
+    ready = wait_for(lambda: len(ready_workers(server)) == 2, timeout_s=60)
+    assert ready, server.log_path.read_text()[-4000:]
+    return ready_workers(server)

@@ -23,6 +23,7 @@ from helpers import (
     ROOT,
     RunningServer,
     bentoml_serve,
+    both_workers_ready,
     example,
     read_answer,
     start_server,
@@ -93,12 +94,8 @@ def status_and_body(raw: bytes) -> tuple[int, Any]:
 def test_unknown_paths_add_no_series(server: RunningServer) -> None:
     # The first unknown path of each status adds its one `unmatched` series, and each worker's
     # first request its own `last_request_timestamp` series: warm both workers up first, once
-    # both have started (each has its `iris_model_info` series from then on).
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if sum(line.startswith("iris_model_info{") for line in series(server.url)) == 2:
-            break
-        time.sleep(0.1)
+    # both have started.
+    both_workers_ready(server)
     for n in range(40):
         requests.get(f"{server.url}/warm-up", headers=AUTH if n % 2 else {}, timeout=5)
     before, files_before = series(server.url), prometheus_bytes(server)

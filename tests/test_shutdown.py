@@ -8,7 +8,8 @@ import os
 import signal
 import socket
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from helpers import (
     ROOT,
     RunningServer,
     bentoml_serve,
+    both_workers_ready,
     example,
     fresh_session,
     predict_through_a_stop,
@@ -30,14 +32,19 @@ DRAIN_S = 2  # shorter than the default 5 s, for the suite's time
 CLIENTS = 32
 
 
-def draining_server(log_dir: Path) -> AbstractContextManager[RunningServer]:
+@contextmanager
+def draining_server(log_dir: Path) -> Iterator[RunningServer]:
+    """The server with a short drain, once both its workers run: /readyz answers once one does,
+    and a worker still starting when SIGTERM comes is stopped without draining."""
     overrides = {"services": {"IrisClassifier": {"iris": {"shutdown": {"drain_s": DRAIN_S}}}}}
-    return start_server(
+    with start_server(
         bentoml_serve("service:IrisClassifier"),
         cwd=ROOT,
         log_dir=log_dir,
         env={"BENTOML_CONFIG_OVERRIDES": json.dumps(overrides)},
-    )
+    ) as server:
+        both_workers_ready(server)
+        yield server
 
 
 @pytest.mark.parametrize("target", ["supervisor", "process-group"])
@@ -82,6 +89,9 @@ def test_a_draining_server_is_not_ready_closes_connections_then_refuses(
             assert ready.status_code == 503
             assert ready.json()["code"] == 503
             assert ready.headers["retry-after"] == "1"
+            for path in ("/v2/health/ready", "/v2/models/iris_clf/ready"):
+                v2_ready = session.get(f"{server.url}{path}", headers=AUTH, timeout=5)
+                assert (v2_ready.status_code, v2_ready.json()["code"]) == (503, 503), path
             predicted = session.post(
                 f"{server.url}/predict", json=example("predict"), headers=AUTH, timeout=5
             )

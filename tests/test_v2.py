@@ -98,6 +98,18 @@ def test_another_model_or_version_is_not_found(
     assert_error(client.get(path, headers=auth), 404)
 
 
+def test_not_found_names_what_was_asked(client: Any, auth: dict[str, str]) -> None:
+    details = assert_error(client.get("/v2/models/other", headers=auth), 404)
+    assert details.startswith("no model 'other': this server serves 'iris_clf' version")
+
+
+def test_the_binary_extension_is_refused_by_name(client: Any, auth: dict[str, str]) -> None:
+    body = json.dumps({"inputs": [tensor([GOOD])]}).encode()
+    headers = {**auth, "inference-header-content-length": str(len(body))}
+    details = assert_error(client.post(INFER, content=body + b"\0" * 16, headers=headers), 400)
+    assert "binary tensor data extension is not supported" in details
+
+
 def test_infer_on_another_version_is_not_found(client: Any, auth: dict[str, str]) -> None:
     body = {"inputs": [tensor([IRIS_ROWS[0]])]}
     assert_error(infer(client, auth, body, "/v2/models/iris_clf/versions/v0/infer"), 404)

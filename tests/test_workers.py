@@ -9,9 +9,9 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import requests
@@ -20,9 +20,14 @@ from helpers import (
     ROOT,
     RunningServer,
     bentoml_serve,
+    both_workers_ready,
     example,
-    live_children,
+    logged,
+    ready_workers,
+    records,
     start_server,
+    wait_for,
+    workers,
 )
 
 pytestmark = pytest.mark.server
@@ -34,39 +39,6 @@ CLIENTS = 4
 KILL_TAKES_S = 0.1
 # The goal: a dead worker's replacement is started within this.
 REPLACED_WITHIN_S = 2.0
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T], timeout_s: float) -> T:
-    """The first truthy answer of `probe` within the time, else its last one."""
-    deadline = time.monotonic() + timeout_s
-    while not (answer := probe()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return answer
-
-
-def records(server: RunningServer) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in server.log_lines() if line.startswith("{")]
-
-
-def logged(server: RunningServer, message: str) -> list[dict[str, Any]]:
-    return [record for record in records(server) if record["message"] == message]
-
-
-def workers(server: RunningServer) -> set[int]:
-    """The live workers' pids: the children of `bentoml serve`, which is the supervisor."""
-    return live_children(server.process.pid)
-
-
-def ready_workers(server: RunningServer) -> set[int]:
-    """The live workers that have logged their start-up line."""
-    return workers(server) & {record["pid"] for record in logged(server, "service ready")}
-
-
-def both_workers_ready(server: RunningServer) -> set[int]:
-    ready = wait_for(lambda: len(ready_workers(server)) == 2, timeout_s=60)
-    assert ready, server.log_path.read_text()[-4000:]
-    return ready_workers(server)
 
 
 def readyz(url: str) -> int | str:
