@@ -42,6 +42,7 @@ from iris_bento.http import RequestMiddleware
 from iris_bento.inference import load_predict_proba, require_model_files
 from iris_bento.lifecycle import drain_on_sigterm, draining
 from iris_bento.logs import configure_json_logging
+from iris_bento.metrics import ModelMetrics, TrainingProfile
 from iris_bento.schemas import (
     BatchPrediction,
     BatchPredictRequest,
@@ -131,7 +132,10 @@ class IrisClassifier:
         predict_proba, inference = load_predict_proba(Path(self.model_ref.path))
         self.model_version = self.model_ref.tag.version or ""
         self.classes = tuple(metadata.get("class_names", CLASS_NAMES))
-        self.batcher = MicroBatcher(predict_proba, settings.batching)
+        self.metrics = ModelMetrics(
+            TrainingProfile.from_metadata(metadata), self.classes, self.model_version, inference
+        )
+        self.batcher = MicroBatcher(predict_proba, settings.batching, self.metrics)
         self.health_body = (
             Health(
                 status="ok",
@@ -167,6 +171,7 @@ class IrisClassifier:
     @bentoml.on_shutdown
     def stop_batcher(self) -> None:
         self.batcher.close()
+        self.metrics.close()
 
     @bentoml.api(input_spec=PredictRequest, output_spec=Prediction)
     @renders_api_errors

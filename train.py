@@ -26,6 +26,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from iris_bento.drift import decile_bins
 from iris_bento.features import (
     CLASS_NAMES,
     FEATURE_NAMES,
@@ -119,6 +120,11 @@ def feature_summary(x_train: np.ndarray) -> dict[str, dict[str, float]]:
     }
 
 
+def class_shares(y_train: np.ndarray) -> list[float]:
+    """The share of each class in the training data: the class mix live answers are held to."""
+    return (np.bincount(y_train, minlength=len(CLASS_NAMES)) / len(y_train)).tolist()
+
+
 def data_hash(features: np.ndarray, target: np.ndarray) -> str:
     """A fingerprint of the exact training data, so a model can be traced back to it."""
     digest = hashlib.sha256()
@@ -179,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         "feature_names": list(FEATURE_NAMES),
         "class_names": list(CLASS_NAMES),
         "training_feature_stats": feature_summary(x_train),
+        "training_feature_bins": {
+            name: decile_bins(column) for name, column in zip(FEATURE_NAMES, x_train.T, strict=True)
+        },
+        "training_class_shares": class_shares(y_train),
         "training_data_hash": data_hash(x_train, y_train),
         "training_rows": len(y_train),
         "estimator": args.estimator,

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -28,22 +28,13 @@ from iris_bento.inference import PredictProba
 from iris_bento.logs import RateLimitedWarning
 from iris_bento.settings import BatchingSettings
 
-if TYPE_CHECKING:
-    from prometheus_client import Histogram
 
+class BatchObserver(Protocol):
+    """What the batcher reports (`iris_bento.metrics.ModelMetrics` records it)."""
 
-@cache
-def batch_rows_histogram() -> Histogram:
-    """Rows per model call. Made on first use, inside the worker: prometheus_client picks its
-    multi-process storage when first imported, so importing it before BentoML has set up
-    PROMETHEUS_MULTIPROC_DIR would keep this metric out of /metrics."""
-    from prometheus_client import Histogram
+    def model_called(self, rows: np.ndarray, output: np.ndarray, seconds: float) -> None: ...
 
-    return Histogram(
-        "iris_model_batch_rows",
-        "Rows per model call (requests coalesced by adaptive batching).",
-        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
-    )
+    def queue_changed(self, queued_rows: int) -> None: ...
 
 
 class _Pending:
@@ -59,15 +50,20 @@ class _Pending:
 class MicroBatcher:
     """Coalesces concurrent `infer` calls into few model calls; never splits one request."""
 
-    def __init__(self, infer: PredictProba, settings: BatchingSettings) -> None:
+    def __init__(
+        self,
+        infer: PredictProba,
+        settings: BatchingSettings,
+        observer: BatchObserver | None = None,
+    ) -> None:
         self._infer = infer
+        self._observer = observer
         self._settings = settings
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._draining = False
         # One thread, used only with `run_in_thread`: model calls stay serialised.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        self._batch_rows = batch_rows_histogram()
         self._overloads = RateLimitedWarning(
             logging.getLogger("iris_bento.batching"), "batching queue full: answering 503"
         )
@@ -75,8 +71,7 @@ class MicroBatcher:
     async def infer(self, rows: np.ndarray) -> np.ndarray:
         """The model's output for `rows`, computed together with whatever else is queued."""
         if not self._settings.enabled:
-            self._batch_rows.observe(len(rows))
-            return self._infer(rows)
+            return self._observed_call(rows)
         if self._queued_rows + len(rows) > self._settings.max_queue_rows:
             self._overloads.warn(
                 queued_rows=self._queued_rows, max_queue_rows=self._settings.max_queue_rows
@@ -87,6 +82,8 @@ class MicroBatcher:
         pending = _Pending(rows, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._queued_rows += len(rows)
+        if self._observer:
+            self._observer.queue_changed(self._queued_rows)
         try:
             async with asyncio.timeout(self._settings.timeout_s):
                 # Let every request of this event-loop pass join the queue; the first caller to
@@ -121,11 +118,10 @@ class MicroBatcher:
         """One model call for the whole batch; its failure is every caller's failure."""
         try:
             rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
-            self._batch_rows.observe(len(rows))
             output = (
-                await loop.run_in_executor(self._executor, self._infer, rows)
+                await loop.run_in_executor(self._executor, self._observed_call, rows)
                 if self._settings.run_in_thread
-                else self._infer(rows)
+                else self._observed_call(rows)
             )
         except Exception as error:
             for pending in batch:
@@ -133,6 +129,16 @@ class MicroBatcher:
                     pending.future.set_exception(error)
             return
         self._resolve(batch, output)
+
+    def _observed_call(self, rows: np.ndarray) -> np.ndarray:
+        """The model call, timed and reported (in the model thread with `run_in_thread`:
+        prometheus_client's values are thread-safe)."""
+        if not self._observer:
+            return self._infer(rows)
+        started = time.perf_counter()
+        output = self._infer(rows)
+        self._observer.model_called(rows, output, time.perf_counter() - started)
+        return output
 
     def _take_batch(self) -> list[_Pending]:
         """Queued requests up to `max_batch_rows` rows, oldest first; one at least, if any
@@ -148,6 +154,8 @@ class MicroBatcher:
             if not pending.future.done():
                 batch.append(pending)
                 rows += size
+        if self._observer:
+            self._observer.queue_changed(self._queued_rows)
         return batch
 
     @staticmethod

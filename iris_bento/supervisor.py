@@ -47,6 +47,7 @@ from circus.watcher import Watcher
 from tornado.concurrent import Future
 
 from iris_bento.lifecycle import close_listener_after
+from iris_bento.metrics import forget_worker
 from iris_bento.settings import SupervisorSettings
 
 log = logging.getLogger("iris_bento.supervisor")
@@ -138,6 +139,7 @@ class WorkerSupervisor:
     def worker_died(self, pid: int, exit_code: int | None, killed_by: int | None) -> None:
         """Log a death the arbiter did not ask for, and count it against the bound."""
         watcher = self.alive.pop(pid)
+        forget_worker(pid, (watcher.env or {}).get("PROMETHEUS_MULTIPROC_DIR"))
         if watcher.is_stopping() or self.arbiter._stopping:
             return
         now = time.monotonic()

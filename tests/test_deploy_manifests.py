@@ -256,3 +256,11 @@ def test_compose_file_references() -> None:
     assert (ROOT / "deploy" / "haproxy" / "haproxy.cfg").exists()
     bind_port = env["IRIS_LB_BIND"].rsplit(":", 1)[1]
     assert haproxy["ports"] == [f"127.0.0.1:3000:{bind_port}"]
+    # Prometheus loads the project's rules where its configuration looks for them.
+    rule_glob = load_yaml(ROOT / "deploy" / "prometheus" / "prometheus.yml")["rule_files"][0]
+    assert mounted["./deploy/prometheus/rules"] == rule_glob.rsplit("/", 1)[0]
+    # Grafana beside it, on loopback, with provisioning only (tests/test_monitoring.py checks it).
+    grafana = services["grafana"]
+    assert grafana["ports"][0].startswith("127.0.0.1:")
+    assert all(volume.endswith(":ro") for volume in grafana["volumes"])
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana["environment"]

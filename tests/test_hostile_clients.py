@@ -23,6 +23,7 @@ from helpers import (
     ROOT,
     RunningServer,
     bentoml_serve,
+    both_workers_ready,
     example,
     read_answer,
     start_server,
@@ -92,7 +93,9 @@ def status_and_body(raw: bytes) -> tuple[int, Any]:
 
 def test_unknown_paths_add_no_series(server: RunningServer) -> None:
     # The first unknown path of each status adds its one `unmatched` series, and each worker's
-    # first request its own `last_request_timestamp` series: warm both workers up first.
+    # first request its own `last_request_timestamp` series: warm both workers up first, once
+    # both have started.
+    both_workers_ready(server)
     for n in range(40):
         requests.get(f"{server.url}/warm-up", headers=AUTH if n % 2 else {}, timeout=5)
     before, files_before = series(server.url), prometheus_bytes(server)

@@ -180,7 +180,7 @@ def test_a_death_circus_did_not_reap_is_read_and_left_to_circus(
 ) -> None:
     """The case above, made certain: a dead worker that circus has not reaped, but dropped."""
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    watcher = SimpleNamespace(name="service", is_stopping=lambda: False)
+    watcher = SimpleNamespace(name="service", env={}, is_stopping=lambda: False)
     supervisor = WorkerSupervisor(SimpleNamespace(_stopping=False), SupervisorSettings())
     supervisor.alive[child.pid] = watcher  # type: ignore[assignment]
     child.kill()

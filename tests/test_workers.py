@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -119,6 +120,12 @@ def supervised(
         yield running
 
 
+def model_info_pids(server: RunningServer) -> set[int]:
+    """The workers `iris_model_info` has a series for."""
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    return {int(pid) for pid in re.findall(r'^iris_model_info\{.*pid="(\d+)"', text, re.M)}
+
+
 def test_a_killed_worker_is_replaced_at_once(supervised: RunningServer) -> None:
     before = both_workers_ready(supervised)
     victim = min(before)
@@ -156,6 +163,8 @@ def test_a_killed_worker_is_replaced_at_once(supervised: RunningServer) -> None:
     ]
     assert replaced[0]["seconds"] < REPLACED_WITHIN_S
     assert {r["pid"] for r in died + replaced} == {supervised.process.pid}
+    # /metrics shows the live workers only: the dead one's series is gone (IrisWorkerDied).
+    assert model_info_pids(supervised) == workers(supervised)
 
 
 def test_both_workers_killed_are_replaced(supervised: RunningServer) -> None:
