@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import API_KEYS, predict_through_a_stop
+from helpers import API_KEYS, free_port, predict_through_a_stop
 
 # The script's podman storage and sandbox settings, shared with the drills (tests/test_rollout.py).
 from rollout.instances import PODMAN_ROOT, podman_env
@@ -202,13 +201,6 @@ def test_generated_dockerfile_passes_hadolint(smoke: dict[str, Any]) -> None:
         timeout=60,
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
-
-
-def free_port() -> int:
-    """A port nobody listens on now, for a container on the host network."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 SMOKE_HTTP = [sys.executable, str(ROOT / "scripts" / "smoke_http.py")]
