@@ -72,7 +72,8 @@ class Mistake(Exception):
 
 def check(with_model: bool) -> str:
     """The configuration's summary, as `bentoml serve` would load it; with `with_model`, also
-    the model store entry it would serve. Raises `Mistake`."""
+    the model store entry it would serve. Raises `Mistake`. Call it once `file_mistake()` has
+    found nothing: importing BentoML reads the files."""
     from bentoml.exceptions import BentoMLException
 
     # The check says one line: not BentoML's "Applying user config override" lines, nor its own
@@ -81,8 +82,6 @@ def check(with_model: bool) -> str:
     level = bentoml_logs.level
     bentoml_logs.setLevel(logging.CRITICAL)
     try:
-        if mistake := file_mistake():
-            raise Mistake(mistake)
         try:
             # BentoML reads BENTOML_CONFIG as it loads; `inject_config` applies its schema for
             # the service as `bentoml serve` does; then the project's own section.
@@ -114,6 +113,9 @@ def check(with_model: bool) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if mistake := file_mistake():
+        print(mistake, file=sys.stderr)
+        return 1
     try:
         print(check(with_model="--model" in argv))
     except Mistake as mistake:

@@ -207,10 +207,8 @@ def inference_response(
     )
 
 
-def _json(model: BaseModel, status: int = 200) -> Response:
-    return Response(
-        model.model_dump_json(exclude_none=True), status_code=status, media_type="application/json"
-    )
+def _json(model: BaseModel) -> Response:
+    return Response(model.model_dump_json(exclude_none=True), media_type="application/json")
 
 
 def v2_routes(
