@@ -74,11 +74,25 @@ class SoftmaxLinearModel:
         )
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
-        """Class probabilities, one row per input row, columns in class order."""
-        scores = ((rows - self.mean) / self.scale) @ self.coef.T + self.intercept
+        """Class probabilities, one row per input row, columns in class order.
+
+        Every value is a function of its own row alone, bit for bit, whatever the batch: a
+        matrix product (`@`) and `sum(axis=1)` let BLAS and numpy choose their kernels and
+        summation order by the batch's size and alignment, so a row computed alone and in a
+        batch could differ in the last digit. Here each row's sums are elementwise operations
+        in a fixed order, and `exp`, `max` and the division work element by element.
+        """
+        scaled = (rows - self.mean) / self.scale
+        scores = scaled[:, :1] * self.coef[:, 0]
+        for feature in range(1, self.coef.shape[1]):
+            scores += scaled[:, feature : feature + 1] * self.coef[:, feature]
+        scores += self.intercept
         scores -= scores.max(axis=1, keepdims=True)
         np.exp(scores, out=scores)
-        scores /= scores.sum(axis=1, keepdims=True)
+        total = scores[:, 0].copy()
+        for column in range(1, scores.shape[1]):
+            total += scores[:, column]
+        scores /= total[:, None]
         return scores
 
     def save(self, path: Path | str) -> None:

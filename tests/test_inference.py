@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,9 @@ import bentoml
 import joblib
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -63,6 +67,48 @@ def test_other_estimators_are_served_by_their_pipeline(tmp_path: Path) -> None:
     assert inference == "scikit-learn"
     for rows in probe_rows():
         np.testing.assert_array_equal(predict_proba(rows), forest.predict_proba(rows))
+
+
+# Rows of four measurements in the range the API accepts, as clients send them.
+MEASUREMENTS = st.floats(MIN_CM, MAX_CM, allow_nan=False, allow_infinity=False)
+BATCHES = st.integers(1, 600).flatmap(
+    lambda rows: arrays(np.float64, (rows, 4), elements=MEASUREMENTS)
+)
+
+
+def assert_rows_computed_alone(predict_proba: Any, batch: np.ndarray) -> None:
+    """Each row of the batch's output equals, bit for bit, that row computed alone."""
+    together = predict_proba(batch)
+    for position, row in enumerate(batch):
+        alone = predict_proba(row[None, :])[0]
+        assert together[position].tobytes() == alone.tobytes(), (
+            position,
+            together[position],
+            alone,
+        )
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=BATCHES, start=st.integers(0, 7))
+def test_a_rows_probabilities_do_not_depend_on_its_batch(
+    model_tag: str, batch: np.ndarray, start: int
+) -> None:
+    """Alone, in a batch of any size, at any position, at any offset in memory: the same bits."""
+    predict_proba, _ = load_predict_proba(Path(bentoml.models.get(model_tag).path))
+    assert_rows_computed_alone(predict_proba, batch[start:] if start < len(batch) else batch)
+
+
+@settings(max_examples=15, deadline=None)
+@given(batch=BATCHES)
+def test_a_forests_probabilities_do_not_depend_on_its_batch(batch: np.ndarray) -> None:
+    assert_rows_computed_alone(small_forest().predict_proba, batch)
+
+
+@functools.cache
+def small_forest() -> Any:
+    iris = load_iris()
+    args = train.parse_args(["--estimator", "random_forest", "--n-estimators", "5"])
+    return train.build_pipeline(args).fit(iris.data, iris.target)
 
 
 @pytest.mark.parametrize(
