@@ -10,6 +10,12 @@ which they find done when they resume in that same pass. There is no dispatcher 
 extra pass: a batched request answers one loop pass later than an unbatched one. Batches grow
 exactly as fast as load does: one row when idle, many under load. `max_wait_ms` turns the single
 yield into a wait for fuller batches.
+
+A request that finds nobody to batch with does not pay for the queue: when nothing is queued and
+no other request has reached the batcher in the same event-loop pass, its rows are computed at
+once, with no future, no yield and no deadline. It marks the pass, so the requests that follow
+it in that pass queue up and share one call. At one connection every request takes this path;
+under load, one request a pass does.
 """
 
 from __future__ import annotations
@@ -62,6 +68,10 @@ class MicroBatcher:
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._draining = False
+        # True from a request computed at once until the end of that event-loop pass.
+        self._pass_taken = False
+        # Computing at once needs the call inline, and no wait asked for fuller batches.
+        self._may_compute_at_once = not settings.run_in_thread and settings.max_wait_ms == 0
         # One thread, used only with `run_in_thread`: model calls stay serialised.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._overloads = RateLimitedWarning(
@@ -71,6 +81,10 @@ class MicroBatcher:
     async def infer(self, rows: np.ndarray) -> np.ndarray:
         """The model's output for `rows`, computed together with whatever else is queued."""
         if not self._settings.enabled:
+            return self._observed_call(rows)
+        if self._may_compute_at_once and not (self._queue or self._draining or self._pass_taken):
+            self._pass_taken = True
+            asyncio.get_running_loop().call_soon(self._end_pass)
             return self._observed_call(rows)
         if self._queued_rows + len(rows) > self._settings.max_queue_rows:
             self._overloads.warn(
@@ -97,6 +111,9 @@ class MicroBatcher:
             raise TimedOut(
                 f"the model did not answer within {self._settings.timeout_s:g} s"
             ) from None
+
+    def _end_pass(self) -> None:
+        self._pass_taken = False
 
     def close(self) -> None:
         """Stop the model thread (on worker shutdown)."""

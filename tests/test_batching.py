@@ -133,11 +133,34 @@ def test_a_batch_that_cannot_be_assembled_fails_every_caller_at_once(run_in_thre
     model = SlowModel(pause_s=0.0)
     settings = BatchingSettings(run_in_thread=run_in_thread, timeout_s=5)
     started = time.monotonic()
-    # Rows of different widths cannot be stacked into one model input.
-    results = run_concurrently(MicroBatcher(model, settings), [np.ones((1, 4)), np.ones((1, 3))])
-    assert all(isinstance(result, ValueError) for result in results), results
+    # Rows of different widths cannot be stacked into one model input. Inline, the first request
+    # finds nobody queued and is computed at once; the two after it share a batch.
+    inputs = [np.ones((1, 4)), np.ones((1, 4)), np.ones((1, 3))]
+    results = run_concurrently(MicroBatcher(model, settings), inputs)
+    batched = results if run_in_thread else results[1:]
+    assert all(isinstance(result, ValueError) for result in batched), results
     assert time.monotonic() - started < 1, "a caller waited for its deadline"
-    assert model.calls == []
+    assert model.calls == ([] if run_in_thread else [1])
+
+
+def test_a_request_with_nobody_to_batch_with_is_computed_at_once() -> None:
+    """No queue, no yield to the event loop: the other task has not run when the answer is
+    back. The requests that reach the batcher in the same pass share one call after it."""
+    model = SlowModel(pause_s=0.0)
+    batcher = MicroBatcher(model, BatchingSettings())
+
+    async def scenario() -> bool:
+        try:
+            other = asyncio.ensure_future(asyncio.sleep(0))
+            await batcher.infer(np.ones((1, 4)))
+            computed_before_any_yield = not other.done()
+            await asyncio.gather(*(batcher.infer(rows) for rows in rows_of(10)))
+            return computed_before_any_yield
+        finally:
+            batcher.close()
+
+    assert asyncio.run(scenario())
+    assert model.calls == [1, 1, 9]
 
 
 def test_callers_that_timed_out_are_not_computed() -> None:
