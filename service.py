@@ -28,7 +28,11 @@ from starlette.routing import Route
 
 from iris_bento.auth import PUBLIC_PATHS, ApiKeyMiddleware
 from iris_bento.batching import MicroBatcher
-from iris_bento.bentoml_fixes import fix_timeout_middleware, label_metrics_by_route
+from iris_bento.bentoml_fixes import (
+    fix_timeout_middleware,
+    label_metrics_by_route,
+    trace_only_when_exported,
+)
 from iris_bento.connections import guard_connections, raise_open_file_limit
 from iris_bento.docs import describe_api, docs_routes
 from iris_bento.errors import renders_api_errors
@@ -123,6 +127,7 @@ class IrisClassifier:
         configure_json_logging()
         fix_timeout_middleware()
         label_metrics_by_route()
+        trace_only_when_exported()
         settings = project_settings()
         guard_connections(settings.connections)
         open_files = raise_open_file_limit()

@@ -171,6 +171,12 @@ def cors_options() -> dict[str, Any] | None:
     return dict(BentoMLContainer.access_control_options.get())
 
 
+def tracing_exporter() -> str | None:
+    """BentoML's `tracing.exporter_type` as the worker sees it (the service's own section wins
+    over the top-level one): None when nothing exports spans."""
+    return BentoMLContainer.tracing.exporter_type.get()
+
+
 def api_keys() -> tuple[str, ...]:
     """The accepted API keys: several at once, so a key can be rotated without downtime."""
     return tuple(key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip())
