@@ -28,12 +28,13 @@ import uuid
 from collections.abc import Iterable
 from typing import Any, Final
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iris_bento.auth import is_public
 from iris_bento.errors import error_body, error_headers, is_error_body
 from iris_bento.lifecycle import closing_connections
-from iris_bento.schemas import field_path
+from iris_bento.schemas import validation_details
 from iris_bento.settings import ConnectionSettings, LimitSettings, project_settings
 
 log = logging.getLogger("iris_bento.access")
@@ -48,6 +49,7 @@ _VALID_REQUEST_ID: Final = re.compile(rb"[\x21-\x7e]{1,128}")
 _JSON_MEDIA_TYPE: Final = re.compile(rb"application/([\w.+-]+\+)?json")
 SEND_JSON: Final = "send the body as JSON with Content-Type: application/json"
 V2_PREFIX: Final = "/v2/"
+CLIENT_CLOSED_REQUEST: Final = 499
 
 
 def too_large(limit: int) -> str:
@@ -84,10 +86,7 @@ def contract_details(status: int, body: bytes, request_id: str) -> tuple[int, An
     if isinstance(payload, dict) and isinstance(payload.get("detail"), list):
         # BentoML's rendering of a pydantic ValidationError: keep field and message, drop the
         # documentation URL (it names the library version).
-        return 400, [
-            {"field": field_path(error.get("loc", ())), "message": error.get("msg", "invalid")}
-            for error in payload["detail"]
-        ]
+        return 400, validation_details(payload["detail"])
     if status == 404:
         return status, "no endpoint at this path"
     if status == 405:
@@ -265,6 +264,13 @@ class RequestMiddleware:
                     await exchange.send_error_body(504, error_body(504, details))
             finally:
                 self._in_flight -= 1
+        except ClientDisconnect:
+            # Its body was cut off: by the size limit (413), or by a client that left, which
+            # gets no answer; the access line says 499, as nginx logs a client gone.
+            if not exchange.started and exchange.body_too_large:
+                await exchange.send_failure()
+            elif not exchange.started:
+                exchange.status = CLIENT_CLOSED_REQUEST
         except Exception:
             if not exchange.body_too_large:
                 log.exception("unhandled error", extra={"request_id": exchange.request_id})

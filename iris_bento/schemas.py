@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 from pydantic_core import PydanticCustomError
 
 from iris_bento.features import FEATURE_NAMES, MAX_CM, MIN_CM
@@ -86,21 +86,20 @@ class PredictRequest(_Strict):
     )
 
 
+def within_item_limit(items: Any) -> Any:
+    """Counted before any item is validated, so an oversized batch costs nothing."""
+    limit = project_settings().limits.max_batch_items
+    if isinstance(items, list) and len(items) > limit:
+        raise PydanticCustomError(
+            "too_many_items", "at most {limit} items per request", {"limit": limit}
+        )
+    return items
+
+
 class BatchPredictRequest(_Strict):
     """Several records, at most `limits.max_batch_items` of them."""
 
-    items: list[PredictRequest] = Field(min_length=1)
-
-    @field_validator("items", mode="before")
-    @classmethod
-    def _within_item_limit(cls, items: Any) -> Any:
-        """Counted before any item is validated, so an oversized batch costs nothing."""
-        limit = project_settings().limits.max_batch_items
-        if isinstance(items, list) and len(items) > limit:
-            raise PydanticCustomError(
-                "too_many_items", "at most {limit} items per request", {"limit": limit}
-            )
-        return items
+    items: Annotated[list[PredictRequest], BeforeValidator(within_item_limit)] = Field(min_length=1)
 
 
 class Prediction(BaseModel):
@@ -140,3 +139,12 @@ def field_path(loc: Iterable[Any]) -> str:
         if not is_shape_tag:
             path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
     return path or "body"
+
+
+def validation_details(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """pydantic's errors as the contract's details: the field, as the client wrote it, and what
+    is wrong with it."""
+    return [
+        {"field": field_path(error.get("loc", ())), "message": error.get("msg", "invalid")}
+        for error in errors
+    ]

@@ -10,7 +10,7 @@ and native requests share model calls. Validation is the native API's: finite nu
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Final, Literal, Protocol
+from typing import Annotated, Any, Final, Literal
 
 import numpy as np
 from pydantic import (
@@ -27,10 +27,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from iris_bento import project_version
-from iris_bento.batching import MicroBatcher
+from iris_bento.endpoints import ServedModel, invalid
 from iris_bento.errors import InvalidInput, NotFound, NotReady, renders_api_errors
 from iris_bento.features import FEATURE_NAMES, MODEL_NAME
-from iris_bento.schemas import RequestId, TensorData, field_path
+from iris_bento.schemas import RequestId, TensorData
 from iris_bento.settings import project_settings
 
 SERVER_NAME: Final = "iris-bento"
@@ -121,14 +121,6 @@ class ServerMetadata(BaseModel):
     extensions: list[str]
 
 
-class ServedModel(Protocol):
-    """What the routes need of the service: its model's version and classes, and its batcher."""
-
-    model_version: str
-    classes: tuple[str, ...]
-    batcher: MicroBatcher
-
-
 def model_metadata(model: ServedModel) -> ModelMetadata:
     return ModelMetadata(
         name=MODEL_NAME,
@@ -147,12 +139,7 @@ def parse_rows(body: bytes) -> tuple[InferenceRequest, np.ndarray]:
     try:
         request = InferenceRequest.model_validate_json(body)
     except ValidationError as error:
-        raise InvalidInput(
-            [
-                {"field": field_path(problem["loc"]), "message": problem["msg"]}
-                for problem in error.errors(include_url=False)
-            ]
-        ) from None
+        raise invalid(error) from None
     tensor = request.inputs[0]
     rows, width = tensor.shape
     limit = project_settings().limits.max_batch_items

@@ -54,14 +54,20 @@ def pipeline(model_tag: str) -> Any:
 
 
 @pytest.fixture(scope="session")
-def client(model_tag: str) -> Iterator[Any]:
-    """The whole service in process (middlewares, validation, batching), over ASGI."""
+def service_client(model_tag: str) -> Iterator[Any]:
+    """The whole service in process (middlewares, validation, batching), over ASGI. One app per
+    test process: a second would register BentoML's metrics twice."""
     from starlette.testclient import TestClient
 
     from service import IrisClassifier
 
     with TestClient(IrisClassifier.to_asgi()) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def client(service_client: Any) -> Any:
+    return service_client
 
 
 @pytest.fixture(scope="session")

@@ -304,3 +304,21 @@ def both_workers_ready(server: RunningServer) -> set[int]:
     ready = wait_for(lambda: len(ready_workers(server)) == 2, timeout_s=60)
     assert ready, server.log_path.read_text()[-4000:]
     return ready_workers(server)
+
+
+@contextmanager
+def bentoml_endpoints_only(client: Any) -> Iterator[None]:
+    """Within it, the in-process service's fast path passes every request on, so `/predict` and
+    `/batch_predict` reach the `@bentoml.api` methods through BentoML's routing and endpoint
+    machinery. (A second app cannot be built in one process: its metrics would be registered
+    twice.)"""
+    from iris_bento.fast_path import FastPath
+
+    layer = client.app.middleware_stack
+    while not isinstance(layer, FastPath):
+        layer = layer.app
+    routes, layer.routes = layer.routes, {}
+    try:
+        yield
+    finally:
+        layer.routes = routes

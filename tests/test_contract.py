@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from helpers import API_KEYS, example
+from helpers import API_KEYS, bentoml_endpoints_only, example
 from sklearn.datasets import load_iris
 
 from iris_bento.features import CLASS_NAMES, FEATURE_NAMES
@@ -19,6 +20,16 @@ JSON = {"content-type": "application/json"}
 # the names of the libraries underneath (metric names on /metrics may name BentoML).
 LEAKS = re.compile(r"Traceback|File \"|\.py\b|site-packages|\d+\.\d+\.\d+")
 ERROR_LEAKS = re.compile(LEAKS.pattern + r"|pydantic|bentoml|starlette")
+
+
+@pytest.fixture(scope="module", params=["fast-path", "bentoml-endpoint"])
+def client(request: pytest.FixtureRequest, service_client: Any) -> Iterator[Any]:
+    """Every test here runs through both ways a request reaches the endpoints."""
+    if request.param == "fast-path":
+        yield service_client
+    else:
+        with bentoml_endpoints_only(service_client):
+            yield service_client
 
 
 def assert_error(response: Any, status: int) -> Any:

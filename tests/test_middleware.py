@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from iris_bento import auth
 from iris_bento.auth import PUBLIC_PATHS, ApiKeyMiddleware
+from iris_bento.fast_path import read_body
 from iris_bento.http import RequestMiddleware
 from iris_bento.schemas import field_path
 from iris_bento.settings import (
@@ -255,6 +256,29 @@ def test_a_request_over_its_deadline_is_a_contract_504() -> None:
     assert status == 504
     assert headers["x-request-id"]
     assert "0.05" in contract(504, body)["details"]
+
+
+def test_a_client_that_leaves_mid_body_gets_no_answer_and_a_499_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def reads_body(scope: Any, receive: Any, send: Any) -> None:
+        await read_body(receive)
+
+    messages = [{"type": "http.request", "body": b"{", "more_body": True}]
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    headers = [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")]
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": headers}
+    with caplog.at_level("INFO", logger="iris_bento"):
+        asyncio.run(RequestMiddleware(reads_body)(scope, receive, send))
+    assert sent == []
+    assert [record.status for record in caplog.records] == [499]  # type: ignore[attr-defined]
 
 
 def test_body_limit_by_content_length_and_by_counting() -> None:

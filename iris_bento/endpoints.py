@@ -1,0 +1,124 @@
+"""What `/predict` and `/batch_predict` answer, written once.
+
+A request reaches these functions in one of two ways: through the `@bentoml.api` methods of the
+service (BentoML's routing, validation and endpoint machinery), or through the fast path
+(`iris_bento.fast_path`), which answers the same routes ahead of BentoML's routing. Both validate
+with the same schemas, call the same batcher and build the same body.
+
+Validating a 1000-item batch with `BatchPredictRequest` costs about 2.4 ms, most of it the
+discriminator that tells a list of features from named ones, a Python call per item. The fast path
+first tries a schema of the common case alone (features as lists), with the same constraints and
+no Python calls; whatever it refuses, named features and every invalid body, goes to the full
+schema, so the accepted values and the error messages are exactly the full schema's.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Protocol, Required
+
+import numpy as np
+from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from pydantic_core import to_json
+from typing_extensions import TypedDict  # pydantic needs it, not typing's, before Python 3.12
+
+from iris_bento.batching import MicroBatcher
+from iris_bento.errors import InvalidInput
+from iris_bento.schemas import (
+    BatchPredictRequest,
+    FeatureList,
+    PredictRequest,
+    RequestId,
+    feature_row,
+    validation_details,
+    within_item_limit,
+)
+
+
+class ServedModel(Protocol):
+    """What the endpoints need of the service: its model's version and classes, and its batcher."""
+
+    model_version: str
+    classes: tuple[str, ...]
+    batcher: MicroBatcher
+
+
+def predictions(
+    model: ServedModel, request_ids: list[str | None], probabilities: np.ndarray
+) -> list[dict[str, Any]]:
+    """`Prediction`s as plain dicts: for 1000 rows, pydantic models (which BentoML would dump
+    twice) cost 4.5 ms against 1.2 ms for these; the output specs still document them."""
+    classes, version = model.classes, model.model_version
+    best = probabilities.argmax(axis=1).tolist()
+    return [
+        {
+            "id": request_id,
+            "label": classes[index],
+            "probability": row[index],
+            "probabilities": dict(zip(classes, row, strict=True)),
+            "model_version": version,
+        }
+        for request_id, index, row in zip(request_ids, best, probabilities.tolist(), strict=True)
+    ]
+
+
+async def predict(model: ServedModel, request_id: str | None, row: list[float]) -> bytes:
+    """The body of a `/predict` answer: one flower classified."""
+    probabilities = await model.batcher.infer(np.array([row]))
+    return to_json(predictions(model, [request_id], probabilities)[0])
+
+
+async def batch_predict(
+    model: ServedModel, request_ids: list[str | None], rows: np.ndarray
+) -> bytes:
+    """The body of a `/batch_predict` answer: results in request order."""
+    probabilities = await model.batcher.infer(rows)
+    return to_json({"results": predictions(model, request_ids, probabilities)})
+
+
+def invalid(error: ValidationError) -> InvalidInput:
+    """A 400 naming each field and what is wrong with it."""
+    return InvalidInput(validation_details(error.errors(include_url=False)))
+
+
+@with_config(ConfigDict(extra="forbid"))
+class _ListedItem(TypedDict, total=False):
+    """A `PredictRequest` whose features are a list: the same fields and constraints."""
+
+    id: RequestId | None
+    features: Required[FeatureList]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class _ListedBatch(TypedDict):
+    items: Annotated[list[_ListedItem], BeforeValidator(within_item_limit), Field(min_length=1)]
+
+
+_LISTED_BATCH = TypeAdapter(_ListedBatch)
+
+
+def parse_predict(body: bytes) -> tuple[str | None, list[float]]:
+    """A `/predict` body's id and row, or a 400; an empty body is an empty object, as BentoML
+    reads it."""
+    try:
+        request = PredictRequest.model_validate_json(body or b"{}")
+    except ValidationError as error:
+        raise invalid(error) from None
+    return request.id, feature_row(request.features)
+
+
+def parse_batch_predict(body: bytes) -> tuple[list[str | None], np.ndarray]:
+    """A `/batch_predict` body's ids and rows, or a 400."""
+    try:
+        items = _LISTED_BATCH.validate_json(body)["items"]
+    except ValidationError:
+        try:
+            request = BatchPredictRequest.model_validate_json(body or b"{}")
+        except ValidationError as error:
+            raise invalid(error) from None
+        return batch_rows(request.items)
+    return [item.get("id") for item in items], np.array([item["features"] for item in items])
+
+
+def batch_rows(items: list[PredictRequest]) -> tuple[list[str | None], np.ndarray]:
+    """Validated items' ids and rows, the features in the model's column order."""
+    return [item.id for item in items], np.array([feature_row(item.features) for item in items])
