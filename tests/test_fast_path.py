@@ -8,10 +8,18 @@ from typing import Any
 
 import pytest
 from helpers import asgi_request, bentoml_endpoints_only, example
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from iris_bento.endpoints import batch_rows, invalid, parse_batch_predict
+from iris_bento.errors import InvalidInput
 from iris_bento.fast_path import FastPath
+from iris_bento.features import FEATURE_NAMES, MAX_CM, MIN_CM
+from iris_bento.schemas import BatchPredictRequest
+from iris_bento.settings import project_settings
 
 PREDICT = json.dumps(example("predict")).encode()
 
@@ -98,3 +106,77 @@ def test_both_paths_answer_alike(
     fast = answer()
     with bentoml_endpoints_only(service_client):
         assert answer() == fast
+
+
+# --- the faster validation of batches is exactly the full schema's -----------------------------
+
+VALUES = st.one_of(
+    st.floats(-1, 120, allow_nan=False),
+    st.integers(-5, 150),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+)
+MEASUREMENT_LISTS = st.lists(st.floats(MIN_CM, MAX_CM), min_size=4, max_size=4)
+VALID_ITEMS = st.fixed_dictionaries(
+    {"features": MEASUREMENT_LISTS}, optional={"id": st.one_of(st.none(), st.text(max_size=128))}
+)
+NAMED_FEATURES = st.fixed_dictionaries({name: st.floats(MIN_CM, MAX_CM) for name in FEATURE_NAMES})
+# A valid item with one thing changed, or no item at all.
+ODD_ITEMS = st.one_of(
+    st.builds(lambda item, value: {**item, "extra": value}, VALID_ITEMS, VALUES),
+    st.builds(
+        lambda item, features: {**item, "features": features},
+        VALID_ITEMS,
+        st.one_of(st.lists(VALUES, min_size=3, max_size=5), VALUES, NAMED_FEATURES),
+    ),
+    st.builds(
+        lambda item, request_id: {**item, "id": request_id},
+        VALID_ITEMS,
+        st.one_of(st.text(min_size=127, max_size=130), st.integers(), st.booleans()),
+    ),
+    st.builds(lambda item: {"id": item.get("id")}, VALID_ITEMS),
+    VALUES,
+)
+# Valid batches with at most one odd item somewhere, and bodies that are not batches at all.
+BODIES = st.one_of(
+    st.builds(
+        lambda items, odd, at: {"items": [*items[:at], odd, *items[at:]]},
+        st.lists(VALID_ITEMS, max_size=5),
+        ODD_ITEMS,
+        st.integers(0, 5),
+    ),
+    st.fixed_dictionaries({"items": st.lists(VALID_ITEMS, max_size=4)}, optional={"x": VALUES}),
+    VALUES,
+)
+
+
+def full_schema(body: bytes) -> Any:
+    """What `BatchPredictRequest` alone makes of a body: ids and rows, or the 400's details."""
+    try:
+        request = BatchPredictRequest.model_validate_json(body or b"{}")
+    except ValidationError as error:
+        return invalid(error).details
+    request_ids, rows = batch_rows(request.items)
+    return request_ids, rows.tolist()
+
+
+def fast_path(body: bytes) -> Any:
+    try:
+        request_ids, rows = parse_batch_predict(body)
+    except InvalidInput as error:
+        return error.details
+    return request_ids, rows.tolist()
+
+
+@settings(max_examples=400, deadline=None)
+@given(payload=BODIES)
+def test_batches_validate_exactly_as_the_full_schema(payload: Any) -> None:
+    body = json.dumps(payload).encode()
+    assert fast_path(body) == full_schema(body)
+
+
+def test_an_oversized_batch_is_refused_before_its_items_are_read() -> None:
+    items = [{"features": "not even a list"}] * (project_settings().limits.max_batch_items + 1)
+    body = json.dumps({"items": items}).encode()
+    assert fast_path(body) == [{"field": "items", "message": "at most 1000 items per request"}]
