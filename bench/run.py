@@ -165,11 +165,12 @@ def prepare_project(server: Server, untrained: dict[str, str]) -> None:
 
 
 def compute_ceiling(lineup_: list[Server]) -> dict[str, float] | None:
-    """predict_proba timed in-process, in the first contract peer's venv."""
+    """predict_proba timed in-process on the first contract peer's model, in the project's venv
+    (the same numpy and scikit-learn pins as the peers', and the project's numpy form)."""
     peer = next((s for s in lineup_ if s.venv and s.protocol == "contract"), None)
     if peer is None:
         return None
-    python = servers.VENVS / peer.venv / "bin" / "python"
+    python = REPO / ".venv" / "bin" / "python"
     env = servers.environment(peer, 0)
     done = subprocess.run(
         [str(python), "-m", "bench.compute"],
