@@ -7,31 +7,33 @@ with the same schemas, call the same batcher and build the same body.
 
 Validating a 1000-item batch with `BatchPredictRequest` costs about 2.4 ms, most of it the
 discriminator that tells a list of features from named ones, a Python call per item. The fast path
-first tries a schema of the common case alone (features as lists), with the same constraints and
-no Python calls; whatever it refuses, named features and every invalid body, goes to the full
-schema, so the accepted values and the error messages are exactly the full schema's.
+first decodes the body with msgspec into a schema of the common case alone (features as lists),
+with the same constraints, in about a quarter of that time; whatever it refuses, named features
+and every invalid body, goes to the full schema, so the accepted values and the error messages are
+exactly the full schema's (a property test holds the two to that).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Protocol, Required
+import functools
+from typing import Annotated, Any, Protocol
 
+import msgspec
 import numpy as np
-from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from pydantic import ValidationError
 from pydantic_core import to_json
-from typing_extensions import TypedDict  # pydantic needs it, not typing's, before Python 3.12
 
 from iris_bento.batching import MicroBatcher
 from iris_bento.errors import InvalidInput
+from iris_bento.features import MAX_CM, MIN_CM
 from iris_bento.schemas import (
+    MAX_REQUEST_ID,
     BatchPredictRequest,
-    FeatureList,
     PredictRequest,
-    RequestId,
     feature_row,
     validation_details,
-    within_item_limit,
 )
+from iris_bento.settings import project_settings
 
 
 class ServedModel(Protocol):
@@ -80,20 +82,23 @@ def invalid(error: ValidationError) -> InvalidInput:
     return InvalidInput(validation_details(error.errors(include_url=False)))
 
 
-@with_config(ConfigDict(extra="forbid"))
-class _ListedItem(TypedDict, total=False):
+_Measurement = Annotated[float, msgspec.Meta(ge=MIN_CM, le=MAX_CM)]
+
+
+class _ListedItem(msgspec.Struct, forbid_unknown_fields=True):
     """A `PredictRequest` whose features are a list: the same fields and constraints."""
 
-    id: RequestId | None
-    features: Required[FeatureList]
+    features: tuple[_Measurement, _Measurement, _Measurement, _Measurement]
+    id: Annotated[str, msgspec.Meta(max_length=MAX_REQUEST_ID)] | None = None
 
 
-@with_config(ConfigDict(extra="forbid"))
-class _ListedBatch(TypedDict):
-    items: Annotated[list[_ListedItem], BeforeValidator(within_item_limit), Field(min_length=1)]
-
-
-_LISTED_BATCH = TypeAdapter(_ListedBatch)
+@functools.cache
+def _listed_batch_decoder() -> msgspec.json.Decoder[Any]:
+    """A decoder of batches of `_ListedItem`s, at most `limits.max_batch_items` of them."""
+    limit = project_settings().limits.max_batch_items
+    items = Annotated[list[_ListedItem], msgspec.Meta(min_length=1, max_length=limit)]
+    batch = msgspec.defstruct("ListedBatch", [("items", items)], forbid_unknown_fields=True)
+    return msgspec.json.Decoder(batch)
 
 
 def parse_predict(body: bytes) -> tuple[str | None, list[float]]:
@@ -109,14 +114,14 @@ def parse_predict(body: bytes) -> tuple[str | None, list[float]]:
 def parse_batch_predict(body: bytes) -> tuple[list[str | None], np.ndarray]:
     """A `/batch_predict` body's ids and rows, or a 400."""
     try:
-        items = _LISTED_BATCH.validate_json(body)["items"]
-    except ValidationError:
+        items = _listed_batch_decoder().decode(body).items
+    except msgspec.DecodeError:  # a validation error too
         try:
             request = BatchPredictRequest.model_validate_json(body or b"{}")
         except ValidationError as error:
             raise invalid(error) from None
         return batch_rows(request.items)
-    return [item.get("id") for item in items], np.array([item["features"] for item in items])
+    return [item.id for item in items], np.array([item.features for item in items])
 
 
 def batch_rows(items: list[PredictRequest]) -> tuple[list[str | None], np.ndarray]:

@@ -15,7 +15,8 @@ from iris_bento.settings import project_settings
 # rejected instead of coerced; NaN and Infinity are rejected too.
 Measurement = Annotated[float, Field(strict=True, ge=MIN_CM, le=MAX_CM, allow_inf_nan=False)]
 FeatureList = Annotated[list[Measurement], Field(min_length=4, max_length=4)]
-RequestId = Annotated[str, Field(strict=True, max_length=128)]
+MAX_REQUEST_ID: Final = 128
+RequestId = Annotated[str, Field(strict=True, max_length=MAX_REQUEST_ID)]
 
 
 class _Strict(BaseModel):

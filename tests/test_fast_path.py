@@ -180,3 +180,23 @@ def test_an_oversized_batch_is_refused_before_its_items_are_read() -> None:
     items = [{"features": "not even a list"}] * (project_settings().limits.max_batch_items + 1)
     body = json.dumps({"items": items}).encode()
     assert fast_path(body) == [{"field": "items", "message": "at most 1000 items per request"}]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"items":[{"features":[1,2,3,4],"features":[5,6,7,8]}]}',  # the last value counts
+        b'{"items":[{"features":[1,2,3,4],"id":5,"id":"a"}]}',
+        b'{"items":[{"features":[1,2,3,4],"id":"\\ud800"}]}',  # a lone surrogate
+        b'{"items":[{"features":[1,2,3,1e400]}]}',
+        b'{"items":[{"features":[1,2,3,NaN]}]}',
+        b'{"items":[{"features":[-0.0,0,100,100.0]}]}',
+        b'{"items":[{"features":[1,2,3,4]}]} trailing',
+        b"",
+        ('{"items":[{"features":[1,2,3,4],"id":"' + "\U0001f33c" * 128 + '"}]}').encode(),
+        ('{"items":[{"features":[1,2,3,4],"id":"' + "\U0001f33c" * 129 + '"}]}').encode(),
+    ],
+    ids=lambda body: body[:40].decode(errors="replace"),
+)
+def test_edge_cases_of_json_validate_as_the_full_schema(body: bytes) -> None:
+    assert fast_path(body) == full_schema(body)
