@@ -98,19 +98,25 @@ class MicroBatcher:
         self._queued_rows += len(rows)
         if self._observer:
             self._observer.queue_changed(self._queued_rows)
+        if self._may_compute_at_once:
+            # Inline model calls end within the event-loop pass that starts them: no deadline.
+            return await self._queued(pending)
         try:
             async with asyncio.timeout(self._settings.timeout_s):
-                # Let every request of this event-loop pass join the queue; the first caller to
-                # resume computes the whole queue, and the others find their rows done when they
-                # resume in the same pass.
-                await asyncio.sleep(self._settings.max_wait_ms / 1000)
-                if not pending.future.done() and not self._draining:
-                    await self._drain()
-                return await pending.future
+                return await self._queued(pending)
         except TimeoutError:
             raise TimedOut(
                 f"the model did not answer within {self._settings.timeout_s:g} s"
             ) from None
+
+    async def _queued(self, pending: _Pending) -> np.ndarray:
+        """Let every request of this event-loop pass join the queue; the first caller to resume
+        computes the whole queue, and the others find their rows done when they resume in the
+        same pass."""
+        await asyncio.sleep(self._settings.max_wait_ms / 1000)
+        if not pending.future.done() and not self._draining:
+            await self._drain()
+        return await pending.future
 
     def _end_pass(self) -> None:
         self._pass_taken = False
