@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,12 +24,14 @@ from helpers import (
     bentoml_serve,
     example,
     read_answer,
+    records,
     refused_start,
     start_server,
 )
 from sklearn.datasets import load_iris
 
-from iris_bento.features import CLASS_NAMES
+from iris_bento.features import CLASS_NAMES, MAX_CM, MIN_CM
+from iris_bento.inference import load_predict_proba
 
 pytestmark = pytest.mark.server
 
@@ -120,6 +123,48 @@ def test_concurrent_predictions_are_batched_without_cross_talk(
     assert rows_computed == len(answers)
     assert calls < rows_computed, "every model call held a single row: nothing was batched"
     assert singles < calls, "no model call held more than one row"
+
+
+def test_every_route_and_worker_gives_each_row_the_same_bits(
+    server: RunningServer, model_tag: str
+) -> None:
+    """A row's probabilities are those of the row computed alone, bit for bit: in concurrent
+    `/predict`s batched together in either worker, inside a `/batch_predict`, and through V2."""
+    predict_proba, _ = load_predict_proba(Path(bentoml.models.get(model_tag).path))
+    rows = np.random.default_rng(15).uniform(
+        MIN_CM, MAX_CM, size=(CLIENTS * REQUESTS_PER_CLIENT, 4)
+    )
+    alone = [predict_proba(row[None, :])[0].tolist() for row in rows]
+
+    answers = asyncio.run(concurrent_predictions(server.url, rows))
+    for request_id, answer in answers:
+        client, n = (int(part) for part in request_id[1:].split("-"))
+        got = [answer["probabilities"][name] for name in CLASS_NAMES]
+        assert got == alone[client * REQUESTS_PER_CLIENT + n], request_id
+    answered_by = {
+        line["pid"] for line in records(server) if line.get("request_id", "").startswith("c")
+    }
+    assert len(answered_by) == 2, "one worker answered every request"
+
+    items = [{"features": row.tolist()} for row in rows[:300]]
+    batch = requests.post(f"{server.url}/batch_predict", json={"items": items}, headers=AUTH)
+    got = [
+        [result["probabilities"][name] for name in CLASS_NAMES]
+        for result in batch.json()["results"]
+    ]
+    assert got == alone[:300]
+
+    tensor = {
+        "name": "features",
+        "shape": [300, 4],
+        "datatype": "FP64",
+        "data": rows[:300].tolist(),
+    }
+    v2 = requests.post(
+        f"{server.url}/v2/models/iris_clf/infer", json={"inputs": [tensor]}, headers=AUTH
+    )
+    output = next(out for out in v2.json()["outputs"] if out["name"] == "probabilities")
+    assert np.reshape(output["data"], (300, 3)).tolist() == alone[:300]
 
 
 def test_bentoml_client_with_a_token(server: RunningServer) -> None:
