@@ -16,12 +16,12 @@ exactly the full schema's (a property test holds the two to that).
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any, Protocol
+from collections.abc import Callable
+from typing import Annotated, Any, Final, Protocol
 
 import msgspec
 import numpy as np
 from pydantic import ValidationError
-from pydantic_core import to_json
 
 from iris_bento.batching import MicroBatcher
 from iris_bento.errors import InvalidInput
@@ -35,6 +35,8 @@ from iris_bento.schemas import (
 )
 from iris_bento.settings import project_settings
 
+_JSON: Final = msgspec.json.Encoder()
+
 
 class ServedModel(Protocol):
     """What the endpoints need of the service: its model's version and classes, and its batcher."""
@@ -44,21 +46,43 @@ class ServedModel(Protocol):
     batcher: MicroBatcher
 
 
+@functools.cache
+def prediction_type(classes: tuple[str, ...]) -> Callable[..., msgspec.Struct]:
+    """A `Prediction` as a msgspec struct, its probabilities named after these classes: for 1000
+    rows, pydantic models (which BentoML would dump twice) cost 4.5 ms, dicts and pydantic-core's
+    `to_json` 2.4 ms, these structs and msgspec's encoder 1.0 ms. The output specs still
+    document `Prediction`."""
+    fields = [f"class_{index}" for index in range(len(classes))]
+    probabilities = msgspec.defstruct(
+        "Probabilities",
+        [(field, float) for field in fields],
+        rename=dict(zip(fields, classes, strict=True)),
+    )
+    prediction = msgspec.defstruct(
+        "Prediction",
+        [
+            ("id", str | None),
+            ("label", str),
+            ("probability", float),
+            ("probabilities", probabilities),
+            ("model_version", str),
+        ],
+    )
+
+    def make(request_id: str | None, index: int, row: list[float], version: str) -> Any:
+        return prediction(request_id, classes[index], row[index], probabilities(*row), version)
+
+    return make
+
+
 def predictions(
     model: ServedModel, request_ids: list[str | None], probabilities: np.ndarray
-) -> list[dict[str, Any]]:
-    """`Prediction`s as plain dicts: for 1000 rows, pydantic models (which BentoML would dump
-    twice) cost 4.5 ms against 1.2 ms for these; the output specs still document them."""
-    classes, version = model.classes, model.model_version
+) -> list[msgspec.Struct]:
+    """One `Prediction` a row, in request order."""
+    make, version = prediction_type(model.classes), model.model_version
     best = probabilities.argmax(axis=1).tolist()
     return [
-        {
-            "id": request_id,
-            "label": classes[index],
-            "probability": row[index],
-            "probabilities": dict(zip(classes, row, strict=True)),
-            "model_version": version,
-        }
+        make(request_id, index, row, version)
         for request_id, index, row in zip(request_ids, best, probabilities.tolist(), strict=True)
     ]
 
@@ -66,7 +90,7 @@ def predictions(
 async def predict(model: ServedModel, request_id: str | None, row: list[float]) -> bytes:
     """The body of a `/predict` answer: one flower classified."""
     probabilities = await model.batcher.infer(np.array([row]))
-    return to_json(predictions(model, [request_id], probabilities)[0])
+    return _JSON.encode(predictions(model, [request_id], probabilities)[0])
 
 
 async def batch_predict(
@@ -74,7 +98,7 @@ async def batch_predict(
 ) -> bytes:
     """The body of a `/batch_predict` answer: results in request order."""
     probabilities = await model.batcher.infer(rows)
-    return to_json({"results": predictions(model, request_ids, probabilities)})
+    return _JSON.encode({"results": predictions(model, request_ids, probabilities)})
 
 
 def invalid(error: ValidationError) -> InvalidInput:
