@@ -29,6 +29,7 @@ from starlette.routing import Route
 from iris_bento.auth import PUBLIC_PATHS, ApiKeyMiddleware
 from iris_bento.batching import MicroBatcher
 from iris_bento.bentoml_fixes import fix_timeout_middleware, label_metrics_by_route
+from iris_bento.clients import load_clients
 from iris_bento.connections import guard_connections, raise_open_file_limit
 from iris_bento.docs import describe_api, docs_routes
 from iris_bento.errors import renders_api_errors
@@ -43,6 +44,7 @@ from iris_bento.inference import load_predict_proba, require_model_files
 from iris_bento.lifecycle import drain_on_sigterm, draining
 from iris_bento.logs import configure_json_logging
 from iris_bento.metrics import ModelMetrics, TrainingProfile
+from iris_bento.quotas import charge_rows, with_quotas
 from iris_bento.schemas import (
     BatchPrediction,
     BatchPredictRequest,
@@ -56,7 +58,6 @@ from iris_bento.settings import (
     cors_options,
     model_tag,
     project_settings,
-    require_api_keys,
     worker_count,
 )
 from iris_bento.v2 import v2_routes
@@ -97,8 +98,9 @@ class IrisClassifier:
 
     @bentoml.on_deployment
     def refuse_to_start_without_keys() -> None:  # type: ignore[misc]
-        """Runs once in `bentoml serve` before any worker: a one-line refusal, no restarts."""
-        require_api_keys()
+        """Runs once in `bentoml serve` before any worker: a one-line refusal, no restarts (no
+        keys, or a keys file that cannot be read or parsed)."""
+        load_clients()
 
     @bentoml.on_deployment
     def refuse_a_model_it_cannot_serve() -> None:  # type: ignore[misc]
@@ -184,6 +186,7 @@ class IrisClassifier:
     @renders_api_errors
     async def batch_predict(self, items: list[PredictRequest]) -> Response:
         """Classify several flowers; results come back in request order."""
+        await charge_rows(IrisClassifier.context.request, len(items))
         rows = np.array([feature_row(item.features) for item in items])
         probabilities = await self.batcher.infer(rows)
         return json_response(
@@ -224,3 +227,5 @@ def cors_outside_auth(app: Any) -> Any:
 IrisClassifier.add_asgi_middleware(RequestMiddleware)
 IrisClassifier.add_asgi_middleware(cors_outside_auth)  # type: ignore[arg-type]
 IrisClassifier.add_asgi_middleware(ApiKeyMiddleware)
+# Per-client quotas, right inside auth (which names the client); absent when quotas are off.
+IrisClassifier.add_asgi_middleware(with_quotas)  # type: ignore[arg-type]
