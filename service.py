@@ -2,7 +2,8 @@
 Inference Protocol's routes under /v2 (`iris_bento.v2`), and the docs UI (`iris_bento.docs`).
 
 Requests pass, outermost first: the request middleware (request id, limits, error contract,
-access log), CORS when enabled, API-key auth, then BentoML's routing and pydantic validation.
+access log), CORS when enabled, API-key auth (which names the client), per-client quotas when
+enabled, then BentoML's routing and pydantic validation.
 Concurrent predictions of a worker, native and V2 alike, are coalesced into single model calls
 by `MicroBatcher`.
 """

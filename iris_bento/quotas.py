@@ -127,6 +127,33 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _memory_storage() -> Any:
+    """`limits`' memory storage, its expired entries dropped by one long-lived thread.
+
+    As shipped (5.8.0), the storage starts a new `threading.Timer` 10 ms after each expiry pass,
+    from the next hit: measured in process, waiting for those thread starts cost about 12 µs a
+    request, a third of what quotas cost. The windows are the same; only expired entries go a
+    little later (every 0.1 s). tests/test_quotas.py fails if the hook moves."""
+    import threading
+
+    from limits.storage import MemoryStorage
+
+    class QuietMemoryStorage(MemoryStorage):
+        def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802 (the library's name)
+            return None
+
+    storage = QuietMemoryStorage()
+    expire = storage._MemoryStorage__expire_events  # type: ignore[attr-defined]
+
+    def expire_every() -> None:
+        while True:
+            time.sleep(0.1)
+            expire()
+
+    threading.Thread(target=expire_every, name="quota-expiry", daemon=True).start()
+    return storage
+
+
 class Limiter:
     """Moving windows in `limits`' storage: in process (`memory://`, called directly: no I/O)
     or Redis (`redis://`, through `limits.aio` and redis-py's asyncio client)."""
@@ -143,10 +170,10 @@ class Limiter:
 
     def _open(self) -> Any:
         if self._memory:
-            from limits.storage import MemoryStorage
-
-            return MemoryStorage()
+            return _memory_storage()
         from limits.aio.storage import RedisStorage
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         return RedisStorage(
             "async+" + self.storage_url,
@@ -154,6 +181,9 @@ class Limiter:
             key_prefix="iris-bento",
             socket_timeout=STORAGE_TIMEOUT_S,
             socket_connect_timeout=STORAGE_TIMEOUT_S,
+            # One immediate retry: a pooled connection that a restarted Redis dropped is
+            # replaced at once (redis-py's default backs off for up to seconds).
+            retry=Retry(NoBackoff(), 1),
         )
 
     async def hit(self, item: RateLimitItem, key: str, cost: int = 1) -> Verdict | None:
