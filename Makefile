@@ -9,7 +9,7 @@ PORT ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 export BENTOML_CONFIG := $(CURDIR)/configuration.yaml
 
-.PHONY: serve test lint train bento image clean bench check-config rollout crash-drill
+.PHONY: serve test lint train bento image clean bench check-config rollout crash-drill key
 
 # The venv is rebuilt whenever a pin changes.
 $(BIN)/.installed: requirements.txt requirements-dev.txt
@@ -35,6 +35,11 @@ test: lint
 CONFIG ?= configuration.yaml
 check-config: $(BIN)/.installed
 	BENTOML_CONFIG=$(abspath $(CONFIG)) $(BIN)/python -m iris_bento.config_check
+
+# A new API key for a named client: the key once, then its line for IRIS_API_KEYS_FILE
+# (docs/clients.md): `make key NAME=batch-jobs`.
+key: $(BIN)/.installed
+	@$(BIN)/python -m iris_bento.keys new $(NAME)
 
 bento: $(BIN)/.installed
 	$(BIN)/bentoml build

@@ -2,9 +2,10 @@
 Inference Protocol's routes under /v2 (`iris_bento.v2`), and the docs UI (`iris_bento.docs`).
 
 Requests pass, outermost first: the request middleware (request id, limits, error contract,
-access log), CORS when enabled, API-key auth, then the fast path, which answers `POST /predict`
-and `/batch_predict` (`iris_bento.fast_path`), and BentoML's routing for everything else. Both
-ways to the two routes run the same code (`iris_bento.endpoints`).
+access log), CORS when enabled, API-key auth (which names the client), per-client quotas when
+enabled, then the fast path, which answers `POST /predict` and `/batch_predict`
+(`iris_bento.fast_path`), and BentoML's routing for everything else. Both ways to the two routes
+run the same code (`iris_bento.endpoints`).
 Concurrent predictions of a worker, native and V2 alike, are coalesced into single model calls
 by `MicroBatcher`.
 """
@@ -34,6 +35,7 @@ from iris_bento.bentoml_fixes import (
     label_metrics_by_route,
     trace_only_when_exported,
 )
+from iris_bento.clients import load_clients
 from iris_bento.connections import guard_connections, raise_open_file_limit
 from iris_bento.docs import describe_api, docs_routes
 from iris_bento.errors import renders_api_errors
@@ -49,6 +51,7 @@ from iris_bento.inference import load_predict_proba, require_model_files
 from iris_bento.lifecycle import drain_on_sigterm, draining
 from iris_bento.logs import configure_json_logging
 from iris_bento.metrics import ModelMetrics, TrainingProfile
+from iris_bento.quotas import with_quotas
 from iris_bento.schemas import (
     BatchPrediction,
     BatchPredictRequest,
@@ -62,7 +65,6 @@ from iris_bento.settings import (
     cors_options,
     model_tag,
     project_settings,
-    require_api_keys,
     worker_count,
 )
 from iris_bento.v2 import v2_routes
@@ -103,8 +105,9 @@ class IrisClassifier:
 
     @bentoml.on_deployment
     def refuse_to_start_without_keys() -> None:  # type: ignore[misc]
-        """Runs once in `bentoml serve` before any worker: a one-line refusal, no restarts."""
-        require_api_keys()
+        """Runs once in `bentoml serve` before any worker: a one-line refusal, no restarts (no
+        keys, or a keys file that cannot be read or parsed)."""
+        load_clients()
 
     @bentoml.on_deployment
     def refuse_a_model_it_cannot_serve() -> None:  # type: ignore[misc]
@@ -191,7 +194,9 @@ class IrisClassifier:
     async def batch_predict(self, items: list[PredictRequest]) -> Response:
         """Classify several flowers; results come back in request order."""
         request_ids, rows = endpoints.batch_rows(items)
-        return json_response(await endpoints.batch_predict(self, request_ids, rows))
+        return json_response(
+            await endpoints.batch_predict(self, IrisClassifier.context.request, request_ids, rows)
+        )
 
 
 def json_response(content: bytes) -> Response:
@@ -207,4 +212,6 @@ def cors_outside_auth(app: Any) -> Any:
 IrisClassifier.add_asgi_middleware(RequestMiddleware)
 IrisClassifier.add_asgi_middleware(cors_outside_auth)  # type: ignore[arg-type]
 IrisClassifier.add_asgi_middleware(ApiKeyMiddleware)
+# Per-client quotas, right inside auth (which names the client); absent when quotas are off.
+IrisClassifier.add_asgi_middleware(with_quotas)  # type: ignore[arg-type]
 IrisClassifier.add_asgi_middleware(FastPath)

@@ -114,6 +114,10 @@ RATIOS = (
     ("`/predict` c=64 req/s, project / MLServer", "c64_rps", "project", "mlserver"),
     ("V2 one-row `/infer` c=64 req/s, project / MLServer", "c64_rps", "project-v2", "mlserver"),
     ("`/predict` c=64 req/s, FastAPI / textbook BentoML", "c64_rps", "fastapi", "bentoml"),
+    ("`/predict` c=64 req/s, quotas in memory / off", "c64_rps", "project-quota-memory", "project"),
+    ("CPU per `/predict`, quotas in memory / off", "cpu_us", "project-quota-memory", "project"),
+    ("`/predict` c=64 req/s, quotas in Redis / off", "c64_rps", "project-quota-redis", "project"),
+    ("CPU per `/predict`, quotas in Redis / off", "cpu_us", "project-quota-redis", "project"),
 )
 HIGHER_IS_BETTER = {key: higher for key, _, _, _, higher in METRICS}
 

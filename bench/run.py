@@ -48,6 +48,20 @@ PROJECT_BATCHING_OFF = {
     )
 }
 
+# Quotas on, with limits so high that the benchmark never hits one: what checking a quota costs
+# on every request, in process (memory://) and in a Redis of its own that the harness starts
+# beside the project ({redis_port}, see servers.start).
+_NEVER_HIT = {"requests_per_second": 1_000_000, "burst": 1_000_000, "rows_per_second": 1_000_000}
+
+
+def quotas_on(storage_url: str) -> dict[str, str]:
+    quotas = {"enabled": True, "storage_url": storage_url, "default": _NEVER_HIT}
+    return {
+        "BENTOML_CONFIG_OVERRIDES": json.dumps(
+            {"services": {"IrisClassifier": {"iris": {"quotas": quotas}}}}
+        )
+    }
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -117,6 +131,23 @@ def lineup(
         chosen.append(servers.project("project", "project (iris-bento)", home))
         chosen.append(servers.project_v2(home))
         chosen.append(servers.project("project-nobatch", "project, batching off", off))
+        chosen.append(
+            servers.project(
+                "project-quota-memory",
+                "project, quotas in memory",
+                home | quotas_on("memory://"),
+                note="quotas on, never hit; each worker counts on its own",
+            )
+        )
+        chosen.append(
+            servers.project(
+                "project-quota-redis",
+                "project, quotas in Redis",
+                home | quotas_on("redis://127.0.0.1:{redis_port}/0"),
+                note="quotas on, never hit; a local redis-server",
+                redis=True,
+            )
+        )
         chosen.append(servers.bentoml_ceiling())
         if estimator:
             home = model_home(estimator)
@@ -265,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     chosen = lineup(only, batching_off, estimator)
 
     ensure_wrk()
+    if any(server.redis for server in chosen):
+        servers.ensure_redis()
     untrained = {
         model_home(name)["BENTOML_HOME"]: name for name in (DEFAULT_ESTIMATOR, estimator) if name
     }

@@ -7,6 +7,7 @@ project runs exactly as `make serve` runs it.
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,6 +55,9 @@ class Server:
     auth: bool = True
     env: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    # A redis-server of its own, started before the server and stopped after it; its port
+    # replaces {redis_port} in `env`.
+    redis: bool = False
 
     @property
     def bin(self) -> Path:
@@ -116,9 +120,13 @@ PEERS = (
 )
 
 
-def project(name: str, label: str, env: dict[str, str], note: str = "") -> Server:
+def project(
+    name: str, label: str, env: dict[str, str], note: str = "", redis: bool = False
+) -> Server:
     """The project as `make serve` starts it, with extra environment for its variants."""
-    return Server(name, label, ("make", "--no-print-directory", "serve"), env=env, note=note)
+    return Server(
+        name, label, ("make", "--no-print-directory", "serve"), env=env, note=note, redis=redis
+    )
 
 
 def project_v2(env: dict[str, str]) -> Server:
@@ -224,14 +232,46 @@ def prepare(server: Server) -> None:
         (server.run_dir / "model-settings.json").write_text(json.dumps(model_settings))
 
 
+def ensure_redis() -> None:
+    """Install Debian's redis-server when it is missing (the harness runs as root on Debian)."""
+    if shutil.which("redis-server"):
+        return
+    print("[bench] installing redis-server with apt-get", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True)
+
+
+def start_redis(log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A redis-server without persistence on a free loopback port, answering PING."""
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--save", "", "--appendonly", "no"]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
+                connection.sendall(b"PING\r\n")
+                if connection.recv(16).startswith(b"+PONG"):
+                    return process, port
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"redis-server did not answer on port {port}")
+
+
 @dataclass
 class Running:
-    """A started server: its process group leader, port and log."""
+    """A started server: its process group leader, port and log (and its Redis, if any)."""
 
     server: Server
     process: subprocess.Popen[bytes]
     port: int
     started: float
+    redis: subprocess.Popen[bytes] | None = None
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -242,6 +282,11 @@ def start(server: Server, log: Path) -> Running:
     port = free_port()
     argv = [a.format(bin=server.bin, port=port, run=server.run_dir) for a in server.argv]
     env = environment(server, port)
+    redis = None
+    if server.redis:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        redis, redis_port = start_redis(log.with_suffix(".redis.log"))
+        env = {name: value.replace("{redis_port}", str(redis_port)) for name, value in env.items()}
     if server.protocol == "v2":
         env.update(
             MLSERVER_HTTP_PORT=str(port),
@@ -255,7 +300,7 @@ def start(server: Server, log: Path) -> Running:
         process = subprocess.Popen(
             argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    return Running(server, process, port, started)
+    return Running(server, process, port, started, redis)
 
 
 def wait_healthy(running: Running, timeout: float) -> float:
@@ -276,7 +321,17 @@ def wait_healthy(running: Running, timeout: float) -> float:
 
 
 def stop(running: Running) -> None:
-    """SIGTERM the server's process group, then SIGKILL whatever of its tree is left."""
+    """SIGTERM the server's process group, then SIGKILL whatever of its tree is left; then its
+    Redis."""
+    try:
+        _stop_server(running)
+    finally:
+        if running.redis is not None:
+            running.redis.terminate()
+            running.redis.wait(timeout=10)
+
+
+def _stop_server(running: Running) -> None:
     try:
         tree = [psutil.Process(running.process.pid)]
         tree += tree[0].children(recursive=True)

@@ -1,16 +1,18 @@
-"""API-key authentication as pure ASGI middleware: every path is protected unless listed public."""
+"""API-key authentication as pure ASGI middleware: every path is protected unless listed public.
+A request with a valid key carries its client (`iris_bento.clients.Client`) in
+`scope["state"]["client"]` for the middlewares and endpoints inside."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterable
 from typing import Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from iris_bento.clients import STATE_KEY, Clients, load_clients
 from iris_bento.docs import DOCS_PATHS, STATIC_PREFIX
 from iris_bento.errors import error_body, error_headers
-from iris_bento.settings import MAX_KEY_BYTES, api_keys, project_settings
+from iris_bento.settings import project_settings
 
 # Probes (the Open Inference Protocol's too), metrics, and the descriptions of the service that
 # clients read before they send a key (BentoML's client reads /schema.json and /readyz, a V2
@@ -54,10 +56,16 @@ class ApiKeyMiddleware:
     configured it accepts none (the service itself refuses to start without keys)."""
 
     def __init__(
-        self, app: ASGIApp, keys: Iterable[str] | None = None, public_docs: bool | None = None
+        self,
+        app: ASGIApp,
+        keys: Iterable[str] | None = None,
+        public_docs: bool | None = None,
+        clients: Clients | None = None,
     ) -> None:
         self.app = app
-        self._keys = tuple(key.encode() for key in (api_keys() if keys is None else keys))
+        if clients is None:
+            clients = load_clients() if keys is None else Clients.from_keys(keys)
+        self._clients = clients
         if public_docs is None:
             public_docs = project_settings().docs.public
         self._public_docs = public_docs
@@ -68,21 +76,16 @@ class ApiKeyMiddleware:
             return True
         return self._public_docs and (path in DOCS_PATHS or path.startswith(STATIC_PREFIX))
 
-    def _accepts(self, key: bytes) -> bool:
-        """Constant-time comparison against every configured key (no early exit)."""
-        if len(key) > MAX_KEY_BYTES:
-            return False
-        matched = False
-        for candidate in self._keys:
-            matched |= hmac.compare_digest(key, candidate)
-        return matched
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan" or is_preflight(scope) or self._is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         keys = presented_keys(scope["headers"])
-        if len(keys) == 1 and self._accepts(keys[0]):
+        if len(keys) == 1 and (client := self._clients.identify(keys[0])) is not None:
+            if "state" in scope:
+                scope["state"][STATE_KEY] = client
+            else:
+                scope["state"] = {STATE_KEY: client}
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from iris_bento.batching import MicroBatcher
 from iris_bento.errors import InvalidInput
 from iris_bento.features import MAX_CM, MIN_CM
+from iris_bento.quotas import charge_rows
 from iris_bento.schemas import (
     MAX_REQUEST_ID,
     BatchPredictRequest,
@@ -94,9 +95,12 @@ async def predict(model: ServedModel, request_id: str | None, row: list[float]) 
 
 
 async def batch_predict(
-    model: ServedModel, request_ids: list[str | None], rows: np.ndarray
+    model: ServedModel, request: Any, request_ids: list[str | None], rows: np.ndarray
 ) -> bytes:
-    """The body of a `/batch_predict` answer: results in request order."""
+    """The body of a `/batch_predict` answer: results in request order, once the client's rows
+    quota (`iris_bento.quotas`, when enabled) has taken the rows. `request` is the request's ASGI
+    scope, or its Starlette request."""
+    await charge_rows(request, len(rows))
     probabilities = await model.batcher.infer(rows)
     return _JSON.encode({"results": predictions(model, request_ids, probabilities)})
 

@@ -64,6 +64,8 @@ class ApiError(Exception):
     """An error the client can act on; its status and details reach the client as they are."""
 
     status: int = 500
+    # Extra response headers, lower-case (a 429's Retry-After, for one).
+    headers: Mapping[str, str] = {}  # replaced per error, never mutated
 
     def __init__(self, details: Any) -> None:
         super().__init__(details)
@@ -111,6 +113,11 @@ def renders_api_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitab
         try:
             return await method(*args, **kwargs)
         except ApiError as error:
-            return Response(error.body(), status_code=error.status, media_type="application/json")
+            return Response(
+                error.body(),
+                status_code=error.status,
+                headers=error.headers,
+                media_type="application/json",
+            )
 
     return wrapper

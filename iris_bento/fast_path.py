@@ -33,15 +33,15 @@ from iris_bento.endpoints import ServedModel
 from iris_bento.errors import ApiError
 from iris_bento.settings import SERVICE_NAME
 
-Answer = Callable[[ServedModel, bytes], Awaitable[bytes]]
+Answer = Callable[[ServedModel, Scope, bytes], Awaitable[bytes]]
 
 
-async def _predict(model: ServedModel, body: bytes) -> bytes:
+async def _predict(model: ServedModel, scope: Scope, body: bytes) -> bytes:
     return await endpoints.predict(model, *endpoints.parse_predict(body))
 
 
-async def _batch_predict(model: ServedModel, body: bytes) -> bytes:
-    return await endpoints.batch_predict(model, *endpoints.parse_batch_predict(body))
+async def _batch_predict(model: ServedModel, scope: Scope, body: bytes) -> bytes:
+    return await endpoints.batch_predict(model, scope, *endpoints.parse_batch_predict(body))
 
 
 ROUTES: Final[dict[str, Answer]] = {"/predict": _predict, "/batch_predict": _batch_predict}
@@ -74,14 +74,15 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         body = await read_body(receive)
+        headers = [SERVER_HEADER]
         try:
-            status, content = 200, await answer(bentoml.get_current_service(), body)
+            status, content = 200, await answer(bentoml.get_current_service(), scope, body)
         except ApiError as error:
             status, content = error.status, error.body()
-        headers = [
+            headers += [(name.encode(), value.encode()) for name, value in error.headers.items()]
+        headers += [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(content)).encode()),
-            SERVER_HEADER,
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})

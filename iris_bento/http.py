@@ -32,6 +32,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iris_bento.auth import is_public
+from iris_bento.client_metrics import client_request
+from iris_bento.clients import client_of
 from iris_bento.errors import error_body, error_headers, is_error_body
 from iris_bento.lifecycle import closing_connections
 from iris_bento.schemas import validation_details
@@ -277,10 +279,15 @@ class RequestMiddleware:
             if not exchange.started:
                 await exchange.send_failure()
         finally:
+            # Set by the auth middleware for a valid key: its name, never the key.
+            client = client_of(scope)
+            if client is not None:
+                client_request(client.name, exchange.status)
             log.info(
                 "request",
                 extra={
                     "request_id": exchange.request_id,
+                    "client": client.name if client is not None else None,
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": exchange.status,

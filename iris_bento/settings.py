@@ -102,6 +102,46 @@ class DocsSettings(_Section):
     public: bool = False
 
 
+class QuotaLimits(_Section):
+    """One client's quota (see `iris_bento.quotas`, which maps it onto the `limits` library)."""
+
+    requests_per_second: PositiveFloat = 50.0
+    # Requests a client may send at once, after a quiet spell; at least one second's worth.
+    burst: PositiveInt = 100
+    # /batch_predict charges its item count; the others one row.
+    rows_per_second: PositiveInt = 5000
+
+    @model_validator(mode="after")
+    def _burst_covers_a_second(self) -> QuotaLimits:
+        if self.burst < self.requests_per_second:
+            raise ValueError("quotas: burst must be at least requests_per_second")
+        return self
+
+
+class QuotaSettings(_Section):
+    """Per-client quotas, shared by every worker and pod through `storage_url`."""
+
+    enabled: bool = False
+    # memory:// (each worker on its own) or redis://host:port/db (shared).
+    storage_url: str = "memory://"
+    # When the storage cannot be reached: serve anyway (true) or answer 503 (false).
+    fail_open: bool = True
+    default: QuotaLimits = QuotaLimits()
+    # Overrides by client name: a client's settings replace the default's as a whole.
+    clients: dict[str, QuotaLimits] = {}
+
+    @model_validator(mode="after")
+    def _known_storage(self) -> QuotaSettings:
+        if not self.storage_url.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError(
+                f"quotas.storage_url = {self.storage_url!r}: use memory:// or redis://host:port/db"
+            )
+        return self
+
+    def for_client(self, name: str) -> QuotaLimits:
+        return self.clients.get(name, self.default)
+
+
 class ProjectSettings(_Section):
     batching: BatchingSettings = BatchingSettings()
     limits: LimitSettings = LimitSettings()
@@ -109,6 +149,7 @@ class ProjectSettings(_Section):
     shutdown: ShutdownSettings = ShutdownSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     docs: DocsSettings = DocsSettings()
+    quotas: QuotaSettings = QuotaSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> ProjectSettings:
@@ -117,6 +158,10 @@ class ProjectSettings(_Section):
             raise ValueError("limits.max_batch_items must not exceed batching.max_queue_rows")
         if self.batching.timeout_s >= self.limits.request_timeout_s:
             raise ValueError("batching.timeout_s must be below limits.request_timeout_s")
+        quotas = [self.quotas.default, *self.quotas.clients.values()]
+        if any(quota.rows_per_second < self.limits.max_batch_items for quota in quotas):
+            # A largest /batch_predict would be refused forever.
+            raise ValueError("quotas: rows_per_second must be at least limits.max_batch_items")
         return self
 
 
@@ -175,23 +220,6 @@ def tracing_exporter() -> str | None:
     """BentoML's `tracing.exporter_type` as the worker sees it (the service's own section wins
     over the top-level one): None when nothing exports spans."""
     return BentoMLContainer.tracing.exporter_type.get()
-
-
-def api_keys() -> tuple[str, ...]:
-    """The accepted API keys: several at once, so a key can be rotated without downtime."""
-    return tuple(key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip())
-
-
-def require_api_keys() -> tuple[str, ...]:
-    """The keys, or an error saying what to set: the service refuses to run unauthenticated."""
-    keys = api_keys()
-    if not keys:
-        raise ApiKeysError(
-            f"{API_KEYS_ENV} is not set: set it to one or more comma-separated API keys"
-        )
-    if any(len(key.encode()) > MAX_KEY_BYTES for key in keys):
-        raise ApiKeysError(f"{API_KEYS_ENV} holds a key longer than {MAX_KEY_BYTES} bytes")
-    return keys
 
 
 def model_tag() -> str:

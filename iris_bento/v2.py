@@ -30,6 +30,7 @@ from iris_bento import project_version
 from iris_bento.endpoints import ServedModel, invalid
 from iris_bento.errors import InvalidInput, NotFound, NotReady, renders_api_errors
 from iris_bento.features import FEATURE_NAMES, MODEL_NAME
+from iris_bento.quotas import charge_rows
 from iris_bento.schemas import RequestId, TensorData
 from iris_bento.settings import project_settings
 
@@ -251,6 +252,7 @@ def v2_routes(
                 "(binary_data=False in tritonclient)"
             )
         inference, rows = parse_rows(await request.body())
+        await charge_rows(request, len(rows))
         probabilities = await model.batcher.infer(rows)
         return _json(inference_response(inference, model, probabilities))
 

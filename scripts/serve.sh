@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Serve the Iris classifier for `make serve`: train a model when the store has none, and make a
-# development API key when IRIS_API_KEYS is unset. Expects the venv's bin first on PATH.
+# development API key when neither IRIS_API_KEYS nor IRIS_API_KEYS_FILE is set. Expects the venv's
+# bin first on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source scripts/model_store.sh
 ensure_model
 
-if [[ -z "${IRIS_API_KEYS:-}" ]]; then
+if [[ -z "${IRIS_API_KEYS:-}" && -z "${IRIS_API_KEYS_FILE:-}" ]]; then
   key_file=.dev-api-key
   if [[ ! -s $key_file ]]; then
     (umask 077 && python -c 'import secrets; print(secrets.token_urlsafe(24))' >"$key_file")

@@ -10,6 +10,7 @@ container tier runs `podman-compose config` on it too.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -49,12 +50,22 @@ def rendered() -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
+REDIS = "iris-redis"
+
+
 @pytest.fixture(scope="module")
 def objects(rendered: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Rendered objects by kind (one of each kind here)."""
-    by_kind = {doc["kind"]: doc for doc in rendered}
-    assert len(by_kind) == len(rendered), "one object per kind expected"
+    """The service's rendered objects by kind (one of each kind), without Redis's."""
+    service = [doc for doc in rendered if doc["metadata"]["name"] != REDIS]
+    by_kind = {doc["kind"]: doc for doc in service}
+    assert len(by_kind) == len(service), "one object per kind expected"
     return by_kind
+
+
+@pytest.fixture(scope="module")
+def redis_objects(rendered: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The quotas' Redis (redis.yaml) by kind."""
+    return {doc["kind"]: doc for doc in rendered if doc["metadata"]["name"] == REDIS}
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +92,40 @@ def test_renders_the_expected_objects(rendered: list[dict[str, Any]]) -> None:
     assert kinds == [
         "ConfigMap",
         "Deployment",
+        "Deployment",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
         "Service",
+        "Service",
     ]
+
+
+def quota_overrides(value: str) -> dict[str, Any]:
+    return json.loads(value)["services"]["IrisClassifier"]["iris"]["quotas"]
+
+
+def test_quotas_point_at_the_redis_every_pod_shares(
+    container: dict[str, Any], redis_objects: dict[str, dict[str, Any]]
+) -> None:
+    """The Deployment turns quotas on (the ConfigMap keeps the shipped, off, configuration) and
+    names the Redis Service by its name and port; that Service selects the Redis pod."""
+    env = {e["name"]: e for e in container["env"]}
+    quotas = quota_overrides(env["BENTOML_CONFIG_OVERRIDES"]["value"])
+    assert quotas["enabled"] is True
+    service, deployment = redis_objects["Service"], redis_objects["Deployment"]
+    port = service["spec"]["ports"][0]
+    assert quotas["storage_url"] == f"redis://{service['metadata']['name']}:{port['port']}/0"
+    pod = deployment["spec"]["template"]
+    assert service["spec"]["selector"] == pod["metadata"]["labels"]
+    redis = pod["spec"]["containers"][0]
+    assert port["targetPort"] in {p["name"] for p in redis["ports"]}
+    assert redis["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    # The project's own settings accept these overrides.
+    from iris_bento.settings import QuotaSettings
+
+    shipped = load_yaml(ROOT / "configuration.yaml")["services"]["IrisClassifier"]["iris"]
+    QuotaSettings.model_validate(shipped["quotas"] | quotas)
 
 
 # Each file as written (the Secret example included), and the whole rendered output.
@@ -93,7 +134,10 @@ SOURCES = ["rendered", *sorted({p.name for p in K8S.glob("*.yaml")} - NOT_OBJECT
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_valid_against_kubernetes_schemas(source: str, rendered: list[dict[str, Any]]) -> None:
-    docs = rendered if source == "rendered" else [load_yaml(K8S / source)]
+    if source == "rendered":
+        docs = rendered
+    else:
+        docs = [doc for doc in yaml.safe_load_all((K8S / source).read_text()) if doc]
     for doc in docs:
         # Raises ValidationError (strict: unknown fields too) for an invalid object.
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
@@ -232,9 +276,13 @@ def test_compose_file_references() -> None:
     replicas = [name for name, spec in services.items() if "IRIS_IMAGE" in spec["image"]]
     assert replicas == ["iris-1", "iris-2"]
     service_port = 3000  # the image's EXPOSE, as test_ports_and_probes checks
+    redis = services["redis"]
     for name in replicas:
         iris = services[name]
         assert iris["environment"]["IRIS_API_KEYS"].startswith("${IRIS_API_KEYS:?")
+        quotas = quota_overrides(iris["environment"]["BENTOML_CONFIG_OVERRIDES"])
+        assert quotas == {"enabled": True, "storage_url": "redis://redis:6379/0"}
+        assert "redis" in iris["depends_on"] and "ports" not in redis
         assert iris["read_only"] is True
         assert iris["tmpfs"] == [CONTAINER_TMP]
         assert "ports" not in iris, "replicas are reached through HAProxy"

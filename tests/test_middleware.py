@@ -16,8 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from iris_bento import auth
+from iris_bento import clients
 from iris_bento.auth import PUBLIC_PATHS, ApiKeyMiddleware
+from iris_bento.clients import load_clients
 from iris_bento.fast_path import read_body
 from iris_bento.http import RequestMiddleware
 from iris_bento.schemas import field_path
@@ -28,7 +29,6 @@ from iris_bento.settings import (
     ConnectionSettings,
     LimitSettings,
     ProjectSettings,
-    require_api_keys,
 )
 
 KEYS = ("first-key", "second-key")
@@ -142,7 +142,8 @@ def test_several_credentials_are_refused_whatever_their_order(
 
 def test_an_overlong_key_is_refused_without_a_comparison(monkeypatch: pytest.MonkeyPatch) -> None:
     comparisons = []
-    monkeypatch.setattr(auth.hmac, "compare_digest", lambda *args: bool(comparisons.append(args)))
+    compare = lambda *args: bool(comparisons.append(args))  # noqa: E731
+    monkeypatch.setattr(clients.hmac, "compare_digest", compare)
     status, _, _ = call(stack(), headers={"x-api-key": "k" * (MAX_KEY_BYTES + 1)})
     assert (status, comparisons) == (401, [])
     call(stack(), headers={"x-api-key": "k" * MAX_KEY_BYTES})
@@ -196,16 +197,17 @@ def test_cors_preflight_passes_and_401s_carry_cors_headers() -> None:
 
 def test_the_service_refuses_to_start_without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IRIS_API_KEYS", " , ")
-    with pytest.raises(ApiKeysError, match="IRIS_API_KEYS"):
-        require_api_keys()
+    monkeypatch.delenv("IRIS_API_KEYS_FILE", raising=False)
+    with pytest.raises(ApiKeysError, match="IRIS_API_KEYS is not set"):
+        load_clients()
     monkeypatch.setenv("IRIS_API_KEYS", " a-key ,second ")
-    assert require_api_keys() == ("a-key", "second")
+    assert len(load_clients()) == 2
 
 
 def test_the_service_refuses_a_key_no_client_could_present(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IRIS_API_KEYS", "short," + "k" * (MAX_KEY_BYTES + 1))
     with pytest.raises(ApiKeysError, match="longer than 256 bytes"):
-        require_api_keys()
+        load_clients()
 
 
 def test_without_keys_the_middleware_accepts_nothing() -> None:
