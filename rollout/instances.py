@@ -104,6 +104,13 @@ class Container:
         podman("rm", "--force", "--ignore", "--time", "10", self.name)
 
 
+def packed_model(bento: str) -> str:
+    """The tag of the model a Bento packs."""
+    import bentoml
+
+    return str(bentoml.get(bento).info.models[0].tag)
+
+
 class Process:
     """`bentoml serve BENTO` as a subprocess."""
 
@@ -129,6 +136,8 @@ class Process:
             "BENTOML_HOST": "127.0.0.1",
             "BENTOML_PORT": str(self.port),
             "IRIS_API_KEYS": self.key,
+            # The stores are shared: `latest` would be the newest model, not the Bento's own.
+            "IRIS_MODEL_TAG": packed_model(self.image),
             "PYTHONUNBUFFERED": "1",
         }
         with self.log_path.open("ab") as log:

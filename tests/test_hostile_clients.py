@@ -29,6 +29,8 @@ from helpers import (
     start_server,
 )
 
+from iris_bento.client_metrics import FLUSH_S
+
 pytestmark = pytest.mark.server
 
 AUTH = {"x-api-key": API_KEYS[0]}
@@ -98,6 +100,8 @@ def test_unknown_paths_add_no_series(server: RunningServer) -> None:
     both_workers_ready(server)
     for n in range(40):
         requests.get(f"{server.url}/warm-up", headers=AUTH if n % 2 else {}, timeout=5)
+    # The per-client counters reach /metrics once a flush interval has passed.
+    time.sleep(2 * FLUSH_S)
     before, files_before = series(server.url), prometheus_bytes(server)
 
     def hammer(first: int) -> None:
