@@ -82,10 +82,7 @@ class ApiKeyMiddleware:
             return
         keys = presented_keys(scope["headers"])
         if len(keys) == 1 and (client := self._clients.identify(keys[0])) is not None:
-            if "state" in scope:
-                scope["state"][STATE_KEY] = client
-            else:
-                scope["state"] = {STATE_KEY: client}
+            scope.setdefault("state", {})[STATE_KEY] = client
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":

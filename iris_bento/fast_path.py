@@ -64,9 +64,9 @@ async def read_body(receive: Receive) -> bytes:
 class FastPath:
     """Answers `POST /predict` and `/batch_predict` itself; passes everything else on."""
 
-    def __init__(self, app: ASGIApp, routes: dict[str, Answer] | None = None) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.routes = routes or ROUTES
+        self.routes = ROUTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         answer = self.routes.get(scope["path"]) if scope["type"] == "http" else None

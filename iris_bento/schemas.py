@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 from pydantic_core import PydanticCustomError
 
 from iris_bento.features import FEATURE_NAMES, MAX_CM, MIN_CM
@@ -87,20 +87,21 @@ class PredictRequest(_Strict):
     )
 
 
-def within_item_limit(items: Any) -> Any:
-    """Counted before any item is validated, so an oversized batch costs nothing."""
-    limit = project_settings().limits.max_batch_items
-    if isinstance(items, list) and len(items) > limit:
-        raise PydanticCustomError(
-            "too_many_items", "at most {limit} items per request", {"limit": limit}
-        )
-    return items
-
-
 class BatchPredictRequest(_Strict):
     """Several records, at most `limits.max_batch_items` of them."""
 
-    items: Annotated[list[PredictRequest], BeforeValidator(within_item_limit)] = Field(min_length=1)
+    items: list[PredictRequest] = Field(min_length=1)
+
+    @field_validator("items", mode="before")
+    @classmethod
+    def _within_item_limit(cls, items: Any) -> Any:
+        """Counted before any item is validated, so an oversized batch costs nothing."""
+        limit = project_settings().limits.max_batch_items
+        if isinstance(items, list) and len(items) > limit:
+            raise PydanticCustomError(
+                "too_many_items", "at most {limit} items per request", {"limit": limit}
+            )
+        return items
 
 
 class Prediction(BaseModel):

@@ -143,14 +143,15 @@ def test_the_server_refuses_to_start_with_a_malformed_keys_file(
     )
 
 
+def new_key(name: str) -> subprocess.CompletedProcess[str]:
+    """`python -m iris_bento.keys new NAME`, as the README runs it (through `make key`)."""
+    command = [sys.executable, "-m", "iris_bento.keys", "new", name]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+
+
 def test_the_key_command_prints_a_key_once_and_its_line(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "iris_bento.keys", "new", "batch-jobs"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = new_key("batch-jobs")
+    assert done.returncode == 0, done.stderr
     key, line = done.stdout.splitlines()
     assert len(key) >= 40 and "IRIS_API_KEYS_FILE" in done.stderr
     assert line == keys_file_line("batch-jobs", key)
@@ -158,19 +159,8 @@ def test_the_key_command_prints_a_key_once_and_its_line(tmp_path: Path) -> None:
         200,
         b'{"client":"batch-jobs"}',
     )
-    again = subprocess.run(
-        [sys.executable, "-m", "iris_bento.keys", "new", "batch-jobs"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    again = new_key("batch-jobs")
+    assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[0] != key
-    bad = subprocess.run(
-        [sys.executable, "-m", "iris_bento.keys", "new", "Bad Name"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    bad = new_key("Bad Name")
     assert bad.returncode == 1 and bad.stdout == ""
