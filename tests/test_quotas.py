@@ -213,8 +213,8 @@ def predict(url: str, client: str, session: Any = requests) -> requests.Response
 
 def test_a_burst_holds_across_both_workers(served: RunningServer) -> None:
     """Requests in rounds of 8 at once on fresh connections until both workers have answered
-    some (a waking worker may accept a whole round): exactly the burst of 20 gets through
-    within the window, since both workers count in Redis."""
+    some (a waking worker may accept a whole round, and won all of 12 rounds in a row once):
+    exactly the burst of 20 gets through within the window, since both workers count in Redis."""
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
 
@@ -231,7 +231,9 @@ def test_a_burst_holds_across_both_workers(served: RunningServer) -> None:
         }
 
     started = time.monotonic()
-    while sum(statuses.values()) < 32 or (len(workers_seen()) < 2 and sum(statuses.values()) < 96):
+    while sum(statuses.values()) < 32 or (
+        len(workers_seen()) < 2 and time.monotonic() - started < 8
+    ):
         threads = [threading.Thread(target=one) for _ in range(8)]
         for thread in threads:
             thread.start()
