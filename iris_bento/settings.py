@@ -108,7 +108,7 @@ class QuotaLimits(_Section):
     requests_per_second: PositiveFloat = 50.0
     # Requests a client may send at once, after a quiet spell; at least one second's worth.
     burst: PositiveInt = 100
-    # /batch_predict charges its item count; the others one row.
+    # /batch_predict charges its item count and V2 /infer its rows; /predict charges none.
     rows_per_second: PositiveInt = 5000
 
     @model_validator(mode="after")
