@@ -101,7 +101,7 @@ _ERRORS: Final = {
     "401": "No API key, or one that is not valid.",
     "404": "No such model, or no such version of it.",
     "413": "The body is larger than `iris.limits.max_body_bytes`.",
-    "415": "The body's Content-Type is not JSON (a V2 body may have none).",
+    "415": "The body's Content-Type is not JSON (a V2 body may have none), or it is compressed.",
     "429": "This worker is at its limit of requests in flight; retry after `Retry-After`.",
     "500": "An error in the service; the log has its request id.",
     "503": "The worker is draining, or its queue is full; retry after `Retry-After`.",

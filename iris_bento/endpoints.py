@@ -107,7 +107,8 @@ async def batch_predict(
 
 def invalid(error: ValidationError) -> InvalidInput:
     """A 400 naming each field and what is wrong with it."""
-    return InvalidInput(validation_details(error.errors(include_url=False)))
+    details = error.errors(include_url=False, include_context=False, include_input=False)
+    return InvalidInput(validation_details(details))
 
 
 _Measurement = Annotated[float, msgspec.Meta(ge=MIN_CM, le=MAX_CM)]

@@ -50,6 +50,7 @@ _RETRY_STATUSES: Final = frozenset({429, 503})
 _VALID_REQUEST_ID: Final = re.compile(rb"[\x21-\x7e]{1,128}")
 _JSON_MEDIA_TYPE: Final = re.compile(rb"application/([\w.+-]+\+)?json")
 SEND_JSON: Final = "send the body as JSON with Content-Type: application/json"
+SEND_UNENCODED: Final = "send the body without a Content-Encoding: it is read as plain JSON"
 V2_PREFIX: Final = "/v2/"
 CLIENT_CLOSED_REQUEST: Final = 499
 
@@ -213,6 +214,10 @@ class RequestMiddleware:
         if length is not None and length.isdigit() and int(length) > self._limits.max_body_bytes:
             return 413, too_large(self._limits.max_body_bytes)
         if body_expected:
+            # A compressed body would be read as broken JSON; RFC 9110 asks for a 415.
+            encoding = _header(headers, b"content-encoding")
+            if encoding is not None and encoding.strip().lower() != b"identity":
+                return 415, SEND_UNENCODED
             media_type = _header(headers, b"content-type")
             # V2 clients (tritonclient among them) send their JSON without a Content-Type.
             if media_type is None and scope["path"].startswith(V2_PREFIX):

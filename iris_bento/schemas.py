@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
@@ -143,10 +143,27 @@ def field_path(loc: Iterable[Any]) -> str:
     return path or "body"
 
 
-def validation_details(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+# A 400 lists this many problems at most, then how many more there were; a field name is cut
+# to this length. A 1 MB body of 110,000 unknown fields had made a 6.6 MB answer.
+MAX_ERROR_DETAILS: Final = 100
+MAX_FIELD_CHARS: Final = 200
+
+
+def validation_details(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     """pydantic's errors as the contract's details: the field, as the client wrote it, and what
     is wrong with it."""
-    return [
-        {"field": field_path(error.get("loc", ())), "message": error.get("msg", "invalid")}
-        for error in errors
+    details = [
+        {
+            "field": _shortened(field_path(error.get("loc", ()))),
+            "message": error.get("msg", "invalid"),
+        }
+        for error in errors[:MAX_ERROR_DETAILS]
     ]
+    if len(errors) > MAX_ERROR_DETAILS:
+        unlisted = len(errors) - MAX_ERROR_DETAILS
+        details.append({"field": "body", "message": f"{unlisted} more problems, not listed"})
+    return details
+
+
+def _shortened(field: str) -> str:
+    return field if len(field) <= MAX_FIELD_CHARS else field[: MAX_FIELD_CHARS - 3] + "..."

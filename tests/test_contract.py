@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from helpers import API_KEYS, bentoml_endpoints_only, example
 from sklearn.datasets import load_iris
 
 from iris_bento.features import CLASS_NAMES, FEATURE_NAMES
-from iris_bento.schemas import BatchPrediction, Prediction
+from iris_bento.schemas import MAX_ERROR_DETAILS, MAX_FIELD_CHARS, BatchPrediction, Prediction
 
 JSON = {"content-type": "application/json"}
 # What must never reach a client: tracebacks, source paths, version numbers; and in error bodies,
@@ -231,6 +232,20 @@ def test_invalid_batches(client: Any, auth: dict[str, str], payload: Any, field:
     assert field in [d["field"] for d in details], details
 
 
+def test_a_body_of_many_problems_lists_the_first_hundred_and_counts_the_rest(
+    client: Any, auth: dict[str, str]
+) -> None:
+    unknown = {f"field_{index}": 0 for index in range(250)}
+    long_name = "x" * 5000
+    payload = {"features": GOOD, long_name: 0, **unknown}
+    response = post(client, "/predict", payload, auth)
+    details = assert_error(response, 400)
+    assert len(details) == MAX_ERROR_DETAILS + 1
+    assert details[-1] == {"field": "body", "message": "151 more problems, not listed"}
+    assert details[0]["field"] == "x" * (MAX_FIELD_CHARS - 3) + "..."
+    assert len(response.content) < 10_000
+
+
 # --- auth ----------------------------------------------------------------------------------------
 
 
@@ -276,6 +291,20 @@ def test_non_json_content_type_is_a_415(client: Any, auth: dict[str, str]) -> No
         "/predict", content=b"5.1,3.5,1.4,0.2", headers={"content-type": "text/csv", **auth}
     )
     assert_error(response, 415)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br, gzip"])
+def test_a_compressed_body_is_a_415(client: Any, auth: dict[str, str], encoding: str) -> None:
+    body = gzip.compress(json.dumps(example("predict")).encode())
+    headers = {**JSON, **auth, "content-encoding": encoding}
+    details = assert_error(client.post("/predict", content=body, headers=headers), 415)
+    assert "Content-Encoding" in details
+
+
+def test_an_identity_content_encoding_is_plain_json(client: Any, auth: dict[str, str]) -> None:
+    headers = {**JSON, **auth, "content-encoding": "identity"}
+    body = json.dumps(example("predict")).encode()
+    assert client.post("/predict", content=body, headers=headers).status_code == 200
 
 
 def test_oversized_body_is_a_413(client: Any, auth: dict[str, str]) -> None:
