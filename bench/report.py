@@ -8,6 +8,7 @@ machine's drift between rounds.
 import statistics
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib as mpl
 
@@ -63,38 +64,50 @@ METRICS = (
 GETTERS = {key: getter for key, _, getter, _, _ in METRICS}
 FORMATS = {key: fmt for key, _, _, fmt, _ in METRICS}
 
-# (goal, metric, subject, peer, bound): met when subject/peer >= bound (higher is better)
-# or <= bound (lower is better).
+
+class Goal(NamedTuple):
+    """Met when subject/peer >= bound (higher is better) or <= bound (lower is better): on the
+    median of the rounds, or in every round when the goal asks for that."""
+
+    text: str
+    metric: str
+    subject: str
+    peer: str
+    bound: float
+    every_round: bool = False
+
+
 GOALS = (
-    ("`/predict` c=64 req/s ≥ 2 × FastAPI (15)", "c64_rps", "project", "fastapi", 2.0),
-    ("`/predict` c=64 p99 ≤ 0.5 × FastAPI (15)", "c64_p99", "project", "fastapi", 0.5),
-    ("`/predict` c=1 p50 ≤ 0.6 × FastAPI (15)", "c1_p50", "project", "fastapi", 0.6),
-    ("`/predict` c=1 p99 ≤ 2 × FastAPI (4)", "c1_p99", "project", "fastapi", 2.0),
-    ("CPU per `/predict` ≤ 0.5 × FastAPI (15)", "cpu_us", "project", "fastapi", 0.5),
-    (
+    Goal("`/predict` c=64 req/s ≥ 2 × FastAPI (15)", "c64_rps", "project", "fastapi", 2.0),
+    Goal("`/predict` c=64 p99 ≤ 0.5 × FastAPI (15)", "c64_p99", "project", "fastapi", 0.5),
+    Goal("`/predict` c=1 p50 ≤ 0.6 × FastAPI (15)", "c1_p50", "project", "fastapi", 0.6),
+    Goal("`/predict` c=1 p99 ≤ 2 × FastAPI (4)", "c1_p99", "project", "fastapi", 2.0),
+    Goal("CPU per `/predict` ≤ 0.5 × FastAPI (15)", "cpu_us", "project", "fastapi", 0.5),
+    Goal(
         "`/batch_predict` rows/s ≥ 1.5 × MLServer (15; its body: a flat tensor, no ids)",
         "batch_rows",
         "project",
         "mlserver",
         1.5,
     ),
-    (
+    Goal(
         "V2 `/infer` rows/s ≥ 2 × MLServer's V2 (13; the same flat [1000, 4] body)",
         "batch_rows",
         "project-v2",
         "mlserver",
         2.0,
     ),
-    ("RSS ≤ textbook BentoML (4)", "rss", "project", "bentoml", 1.0),
-    ("cold start ≤ 1.5 × FastAPI (4)", "cold", "project", "fastapi", 1.5),
-    (
+    Goal("RSS ≤ textbook BentoML (4)", "rss", "project", "bentoml", 1.0),
+    Goal("cold start ≤ 1.5 × FastAPI (4)", "cold", "project", "fastapi", 1.5),
+    Goal(
         "batching on/off, c=64, logistic regression ≥ 1, every round (15)",
         "c64_rps",
         "project",
         "project-nobatch",
         1.0,
+        every_round=True,
     ),
-    (
+    Goal(
         "batching on/off, c=64, random forest ≥ 2 (4)",
         "c64_rps",
         "project-random_forest",
@@ -102,8 +115,6 @@ GOALS = (
         2.0,
     ),
 )
-# Goals met only when every round meets them, not the median of the rounds: (metric, subject, peer).
-EVERY_ROUND_GOALS = frozenset({("c64_rps", "project", "project-nobatch")})
 # Ratios reported without a goal: (text, metric, subject, peer).
 RATIOS = (
     ("`/predict` c=64 req/s, project / FastAPI (moonshot: 3)", "c64_rps", "project", "fastapi"),
@@ -223,16 +234,16 @@ def table(run: Run) -> list[str]:
     return lines
 
 
-def _verdict(found: list[float], metric: str, bound: float, every_round: bool) -> str:
-    """Met or missed on the median ratio, or on every round's, with the number of rounds that met
-    it on their own."""
+def _verdict(found: list[float], goal: Goal) -> str:
+    """Met or missed, with the number of rounds that met it on their own."""
     if not found:
         return "not measured"
 
     def meets(ratio: float) -> bool:
-        return ratio >= bound if HIGHER_IS_BETTER[metric] else ratio <= bound
+        higher = HIGHER_IS_BETTER[goal.metric]
+        return ratio >= goal.bound if higher else ratio <= goal.bound
 
-    met = all(map(meets, found)) if every_round else meets(statistics.median(found))
+    met = all(map(meets, found)) if goal.every_round else meets(statistics.median(found))
     verdict = "met" if met else "missed"
     return f"{verdict} ({sum(map(meets, found))}/{len(found)} rounds)"
 
@@ -242,11 +253,9 @@ def goals(run: Run) -> list[str]:
         "| goal | ratio, median (min–max) over rounds | verdict (rounds meeting it) |",
         "|---|---|---|",
     ]
-    for text, metric, subject, peer, bound in GOALS:
-        found = ratios(run, metric, subject, peer)
-        every_round = (metric, subject, peer) in EVERY_ROUND_GOALS
-        verdict = _verdict(found, metric, bound, every_round)
-        lines.append(f"| {text} | {spread(found, '{:.2f}')} | {verdict} |")
+    for goal in GOALS:
+        found = ratios(run, goal.metric, goal.subject, goal.peer)
+        lines.append(f"| {goal.text} | {spread(found, '{:.2f}')} | {_verdict(found, goal)} |")
     for text, metric, subject, peer in RATIOS:
         lines.append(
             f"| {text} | {spread(ratios(run, metric, subject, peer), '{:.2f}')} | (reported) |"
